@@ -1,0 +1,53 @@
+# Two commands on a fresh machine: `make run` (the default pipeline, live) and `make test`.
+# Both go through `make setup`, which is quick when nothing changed.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# Every extra that installs on a CPU-only machine; `gpu` (TensorRT, pycuda) needs a CUDA GPU.
+EXTRAS := audio,lidar,depth,train,record,ros,bench,dev
+# System libraries: Open3D needs libusb at import; PyAudio builds against PortAudio.
+APT_PACKAGES := libusb-1.0-0 portaudio19-dev
+PIPELINE ?= pipelines/sim.yaml
+PYTEST_ARGS ?=
+
+.PHONY: setup run test lint typecheck bench clean
+
+setup: $(VENV)/.deps-stamp
+
+$(VENV)/.system-stamp:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	@touch $@
+
+# torch is installed first and pinned to the CPU wheel: an unpinned torch pulls a CUDA build.
+$(VENV)/.deps-stamp: pyproject.toml $(VENV)/.system-stamp
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade "pip>=24" 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[$(EXTRAS)]" 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -c "import edgefuse, zmq, cv2, torch, onnxruntime, pyaudio, open3d, zenoh, iceoryx2, pytest"
+	@touch $@
+
+run: setup
+	$(VENV)/bin/edgefuse run $(PIPELINE)
+
+lint: setup
+	$(VENV)/bin/ruff check edgefuse tests
+	$(VENV)/bin/ruff format --check edgefuse tests
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+test: setup lint typecheck
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(VENV)/bin/edgefuse bench transport --json
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,377 @@
+"""Publisher and subscriber over ZeroMQ PUB/SUB, with shared memory for large same-host payloads.
+
+A node owns one :class:`Publisher` (one PUB socket, bound) for all its output streams, and
+one :class:`Subscriber` (one SUB socket, connected to every publisher it listens to). On
+``ipc://`` endpoints, payloads of 64 KiB or more are written to a per-topic
+:class:`~edgefuse.transport.shm.ShmRing` (or filled in place through :meth:`Publisher.loan`)
+and only a reference crosses ZeroMQ; on ``tcp://`` they travel inline, sent without copying.
+Queues are bounded by the high-water mark; losses show as gaps in ``seq``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import zmq
+
+from edgefuse import envelope
+from edgefuse.envelope import Buffer, Header, Message, PayloadDesc
+from edgefuse.errors import EnvelopeError
+from edgefuse.transport.endpoints import Endpoint
+from edgefuse.transport.errors import ShmUnavailable, TransportError
+from edgefuse.transport.security import CurveKeys, make_client, make_server
+from edgefuse.transport.shm import ShmReader, ShmRing
+from edgefuse.transport.stats import TopicStats
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TransportOptions:
+    """How a node's sockets behave; the launcher fills it from the pipeline's ``transport``."""
+
+    #: Messages queued per peer before the oldest are dropped (ZeroMQ high-water mark).
+    queue_depth: int = 8
+    #: ``auto``: shared memory on ipc:// endpoints; ``never``: always inline.
+    shm: Literal["auto", "never"] = "auto"
+    #: Slots per shared-memory ring: a reader must finish with a message before this many newer
+    #: ones are published on the same topic, or its read counts as an overrun.
+    shm_slots: int = 8
+    zero_copy_min_bytes: int = envelope.ZERO_COPY_MIN_BYTES
+    #: CURVE keys for tcp:// endpoints (None: plain tcp, loopback unless configured otherwise).
+    keys: CurveKeys | None = None
+    #: Prefix of this run's shared-memory segments, so the launcher can clean them up.
+    run_id: str = "solo"
+
+
+class _LogOnce:
+    """Log the first occurrence of each kind of problem at WARNING, later ones at DEBUG."""
+
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+
+    def __call__(self, kind: str, msg: str, *args: object) -> None:
+        level = logging.DEBUG if kind in self._seen else logging.WARNING
+        self._seen.add(kind)
+        log.log(level, msg, *args)
+
+
+class Publisher:
+    """Publishes messages on ``<node>/<stream>`` topics from one bound PUB socket."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        node: str,
+        options: TransportOptions | None = None,
+        context: zmq.Context[Any] | None = None,
+    ) -> None:
+        self.endpoint = Endpoint.parse(endpoint)
+        self.node = node
+        self.options = options or TransportOptions()
+        self._ctx = context or zmq.Context.instance()
+        self._sock = self._ctx.socket(zmq.PUB)
+        self._sock.sndhwm = self.options.queue_depth
+        self._sock.linger = 0
+        self._auth = None
+        if self.endpoint.scheme == "tcp" and self.options.keys is not None:
+            self._auth = make_server(self._sock, self.options.keys)
+        try:
+            self._sock.bind(str(self.endpoint))
+        except zmq.ZMQError as exc:
+            self.close()
+            raise TransportError(f"cannot bind {self.endpoint}: {exc}") from exc
+        #: The endpoint actually bound (resolves ``tcp://host:*``).
+        self.bound = Endpoint.parse(self._sock.last_endpoint.decode())
+        self._use_shm = self.options.shm == "auto" and self.endpoint.same_host
+        self._rings: dict[str, ShmRing] = {}
+        self._seq: dict[str, int] = {}
+        self.stats: dict[str, TopicStats] = {}
+        self._warn = _LogOnce()
+
+    def topic(self, stream: str) -> str:
+        """The topic of ``stream``: ``<node>/<stream>``."""
+        return f"{self.node}/{stream}"
+
+    def _ring(self, stream: str) -> ShmRing:
+        ring = self._rings.get(stream)
+        if ring is None:
+            ring = ShmRing(
+                run_id=self.options.run_id,
+                topic=self.topic(stream),
+                slot_count=self.options.shm_slots,
+            )
+            self._rings[stream] = ring
+        return ring
+
+    def loan(self, stream: str, shape: Sequence[int], dtype: Any) -> np.ndarray:
+        """A writable array to fill and then pass to :meth:`publish`, which sends it with no copy.
+
+        On a same-host endpoint the array lies in the topic's shared-memory ring; otherwise
+        (tcp, or shared memory unavailable) it is an ordinary array sent inline.
+        """
+        shape_t = tuple(int(d) for d in shape)
+        dt = np.dtype(dtype)
+        if self._use_shm:
+            try:
+                arr, _ = self._ring(stream).loan(shape_t, dt)
+                return arr
+            except ShmUnavailable as exc:
+                self._fallback(exc)
+        return np.empty(shape_t, dt)
+
+    def _fallback(self, exc: ShmUnavailable) -> None:
+        self._warn("shm", "shared memory unavailable, sending inline from now on: %s", exc)
+        self._use_shm = False
+
+    def publish(
+        self,
+        stream: str,
+        arrays: Sequence[np.ndarray] = (),
+        *,
+        t_sensor_ns: int,
+        t_host_ns: int | None = None,
+        t_ns: int | None = None,
+        frame_id: str = "",
+        encoding: str = "",
+        meta: dict[str, Any] | None = None,
+    ) -> Header:
+        """Stamp the next ``seq`` for ``stream`` and send; return the header that was sent.
+
+        Do not modify an array after publishing it: large payloads are sent without copying.
+        ``t_host_ns`` defaults to now (host monotonic clock).
+        """
+        header = Header(
+            stream=stream,
+            seq=self._seq.get(stream, 0),
+            t_sensor_ns=t_sensor_ns,
+            t_host_ns=time.monotonic_ns() if t_host_ns is None else t_host_ns,
+            t_ns=t_ns,
+            frame_id=frame_id,
+            encoding=encoding,
+            meta=meta or {},
+        )
+        self.send(header, arrays)
+        return header
+
+    def send(self, header: Header, arrays: Sequence[np.ndarray]) -> None:
+        """Send a message with a caller-built header (its ``seq`` is kept, ``t_pub_ns`` set)."""
+        stream = header.stream
+        descs: list[PayloadDesc] = []
+        inline: list[Buffer] = []
+        ring = self._rings.get(stream) if self._use_shm else None
+        pending = False
+        for arr in arrays:
+            dt = envelope.wire_dtype(arr)
+            shape = tuple(int(d) for d in arr.shape)
+            ref = ring.owns(arr) if ring is not None else None
+            if ref is None and self._use_shm and arr.nbytes >= self.options.zero_copy_min_bytes:
+                try:
+                    ring = self._ring(stream)
+                    ref = ring.write(np.ascontiguousarray(arr))
+                except ShmUnavailable as exc:
+                    self._fallback(exc)
+            if ref is not None:
+                pending = True
+                descs.append(PayloadDesc(dt, shape, ref))
+            else:
+                c = np.ascontiguousarray(arr)
+                descs.append(PayloadDesc(dt, shape))
+                inline.append(memoryview(c).cast("B") if c.nbytes else b"")
+        if pending and ring is not None:
+            gen = ring.commit()
+            descs = [
+                d if d.shm is None else PayloadDesc(d.dtype, d.shape, _with_gen(d.shm, gen))
+                for d in descs
+            ]
+        elif ring is not None:
+            ring.abandon()  # loans taken but not sent: their slot is not published
+        header.t_pub_ns = time.monotonic_ns()
+        frames: list[Buffer] = [self.topic(stream).encode(), envelope.encode_header(header, descs)]
+        frames.extend(inline)
+        last = len(frames) - 1
+        nbytes = 0
+        for i, f in enumerate(frames):
+            size = len(f) if not isinstance(f, memoryview) else f.nbytes
+            nbytes += size
+            self._sock.send(
+                f,
+                flags=zmq.SNDMORE if i < last else 0,
+                copy=size < self.options.zero_copy_min_bytes,
+            )
+        self._seq[stream] = header.seq + 1
+        st = self.stats.setdefault(self.topic(stream), TopicStats())
+        st.messages += 1
+        st.bytes += sum(d.nbytes for d in descs)
+
+    @property
+    def socket(self) -> zmq.Socket[Any]:
+        """The underlying PUB socket (for tests and the launcher)."""
+        return self._sock
+
+    def close(self) -> None:
+        """Close the socket and unlink this publisher's shared-memory segments."""
+        for ring in getattr(self, "_rings", {}).values():
+            ring.close()
+        self._sock.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _with_gen(ref: envelope.ShmRef, generation: int) -> envelope.ShmRef:
+    return envelope.ShmRef(ref.segment, ref.offset, ref.nbytes, generation)
+
+
+class Subscriber:
+    """Receives the given topics from one or more publishers; malformed input is counted, never
+    raised: :meth:`recv` returns only intact, well-formed messages.
+    """
+
+    def __init__(
+        self,
+        endpoints: str | Iterable[str],
+        topics: Iterable[str],
+        *,
+        options: TransportOptions | None = None,
+        copy: bool = False,
+        context: zmq.Context[Any] | None = None,
+    ) -> None:
+        self.options = options or TransportOptions()
+        self.copy = copy
+        self.topics = frozenset(topics)
+        self._ctx = context or zmq.Context.instance()
+        self._sock = self._ctx.socket(zmq.SUB)
+        self._sock.rcvhwm = self.options.queue_depth
+        self._sock.linger = 0
+        eps = [
+            Endpoint.parse(e) for e in ([endpoints] if isinstance(endpoints, str) else endpoints)
+        ]
+        if any(e.scheme == "tcp" for e in eps) and self.options.keys is not None:
+            make_client(self._sock, self.options.keys)
+        for topic in self.topics:
+            self._sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
+        for e in eps:
+            self._sock.connect(str(e))
+        self._shm = ShmReader()
+        self._last_seq: dict[str, int] = {}
+        self.stats: dict[str, TopicStats] = {t: TopicStats() for t in self.topics}
+        #: Malformed messages whose topic could not be told (bad topic frame, foreign topic).
+        self.unattributed = TopicStats()
+        self._warn = _LogOnce()
+
+    @property
+    def socket(self) -> zmq.Socket[Any]:
+        """The SUB socket, for polling several subscribers at once."""
+        return self._sock
+
+    def recv(self, timeout_ms: int | None = None) -> Message | None:
+        """The next well-formed message, or None if none arrived within ``timeout_ms``.
+
+        ``None`` waits forever, ``0`` does not wait.
+        """
+        deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if remaining is not None and not self._sock.poll(int(remaining * 1000)):
+                return None
+            frames = self._sock.recv_multipart(copy=False)
+            msg = self.decode([f.buffer for f in frames])
+            if msg is not None:
+                return msg
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+
+    def decode(self, frames: Sequence[Buffer]) -> Message | None:
+        """Decode raw multipart frames; count and log anything wrong and return None for it."""
+        now = time.monotonic_ns()
+        topic = None
+        try:
+            if len(frames) < 2:
+                raise EnvelopeError(
+                    "truncated", f"{len(frames)} frame(s); a message has at least 2"
+                )
+            topic = envelope.check_topic(frames[0])
+            if topic not in self.topics:
+                raise EnvelopeError("foreign_sender", f"unexpected topic {topic!r}")
+            header, descs = envelope.decode_header(frames[1])
+            if topic.partition("/")[2] != header.stream:
+                raise EnvelopeError(
+                    "foreign_sender",
+                    f"header stream {header.stream!r} does not match topic {topic!r}",
+                )
+            n_inline = sum(1 for d in descs if d.shm is None)
+            if n_inline != len(frames) - 2:
+                raise EnvelopeError(
+                    "truncated" if len(frames) - 2 < n_inline else "size_mismatch",
+                    f"header announces {n_inline} inline payload(s), message has {len(frames) - 2}",
+                )
+            arrays: list[np.ndarray] = []
+            checks = []
+            inline = iter(frames[2:])
+            for d in descs:
+                if d.shm is None:
+                    arrays.append(envelope.array_from_buffer(d, next(inline)))
+                else:
+                    arr, intact = self._shm.resolve(d, d.shm.generation, copy=self.copy)
+                    arrays.append(arr)
+                    checks.append(intact)
+        except EnvelopeError as exc:
+            st = self.stats.get(topic, self.unattributed) if topic else self.unattributed
+            if exc.kind == "overrun":
+                st.overruns += 1
+            else:
+                st.malformed[exc.kind] += 1
+            self._warn(exc.kind, "dropped a message on %s: %s", topic or "?", exc)
+            self._count_seq(topic, header.seq if exc.kind == "overrun" else None)
+            return None
+        self._count_seq(topic, header.seq)
+        st = self.stats[topic]
+        st.messages += 1
+        st.bytes += sum(int(a.nbytes) for a in arrays)
+        if header.t_pub_ns:
+            st.latency_ns.append(now - header.t_pub_ns)
+        validator = None
+        if checks:
+            validator = checks[0] if len(checks) == 1 else (lambda: all(c() for c in checks))
+        return Message(topic, header, arrays, validator)
+
+    def _count_seq(self, topic: str | None, seq: int | None) -> None:
+        if topic is None or seq is None:
+            return
+        last = self._last_seq.get(topic)
+        if last is not None:
+            if seq > last + 1:
+                self.stats[topic].dropped += seq - last - 1
+            elif seq <= last:
+                # The publisher restarted (its seq began again): not a loss.
+                self._warn(
+                    f"restart:{topic}",
+                    "%s: seq went back from %d to %d (publisher restarted)",
+                    topic,
+                    last,
+                    seq,
+                )
+        self._last_seq[topic] = seq
+
+    def close(self) -> None:
+        """Close the socket."""
+        self._sock.close(linger=0)
+
+    def __enter__(self) -> Subscriber:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,94 @@
+"""CURVE encryption and client allow-lists for ``tcp://`` endpoints.
+
+A keys folder, made by ``edgefuse keys generate DIR``, holds::
+
+    server.key, server.key_secret      the pipeline's publishers' key pair
+    client.key, client.key_secret      the key pair its own subscribers use
+    authorized/*.key                   public keys of clients allowed to subscribe
+
+Publishers are CURVE servers and run a ZAP authenticator that admits only clients whose
+public key is in ``authorized/``; a subscriber with another key never completes the
+handshake and receives nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+
+from edgefuse.transport.errors import TransportError
+
+
+@dataclass(frozen=True, slots=True)
+class CurveKeys:
+    """The key material a node needs; loaded from a keys folder."""
+
+    server_public: bytes
+    server_secret: bytes | None
+    client_public: bytes
+    client_secret: bytes
+    authorized_dir: Path
+
+    @classmethod
+    def load(cls, keys_dir: str | os.PathLike[str], *, client: str = "client") -> CurveKeys:
+        """Read a keys folder; ``client`` names the client key pair to use."""
+        root = Path(keys_dir)
+        try:
+            server_public, server_secret = zmq.auth.load_certificate(root / "server.key_secret")
+            client_public, client_secret = zmq.auth.load_certificate(root / f"{client}.key_secret")
+        except (OSError, ValueError) as exc:
+            raise TransportError(
+                f"cannot read CURVE keys from {root}: {exc} (make them with 'edgefuse keys "
+                f"generate {root}')"
+            ) from exc
+        if client_secret is None:
+            raise TransportError(f"{root / (client + '.key_secret')} has no secret key")
+        return cls(server_public, server_secret, client_public, client_secret, root / "authorized")
+
+
+def generate_keys(keys_dir: str | os.PathLike[str], *, client: str = "client") -> list[Path]:
+    """Create the server pair (once) and a client pair named ``client``, authorised.
+
+    Running it again with another ``client`` name adds a client (for a remote viewer, say)
+    without touching the existing keys. Returns the files written.
+    """
+    root = Path(keys_dir)
+    (root / "authorized").mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    if not (root / "server.key_secret").exists():
+        pub, sec = zmq.auth.create_certificates(root, "server")
+        written += [Path(pub), Path(sec)]
+    if (root / f"{client}.key_secret").exists():
+        raise TransportError(f"client key {root / (client + '.key_secret')} already exists")
+    pub, sec = zmq.auth.create_certificates(root, client)
+    shutil.copy(pub, root / "authorized" / f"{client}.key")
+    os.chmod(sec, 0o600)
+    written += [Path(pub), Path(sec), root / "authorized" / f"{client}.key"]
+    return written
+
+
+def make_server(socket: zmq.Socket[Any], keys: CurveKeys) -> ThreadAuthenticator:
+    """Turn ``socket`` (not yet bound) into a CURVE server guarded by the allow-list."""
+    if keys.server_secret is None:
+        raise TransportError("the server key pair has no secret key")
+    auth = ThreadAuthenticator(socket.context)
+    auth.start()
+    auth.configure_curve(domain="*", location=str(keys.authorized_dir))
+    socket.curve_secretkey = keys.server_secret
+    socket.curve_publickey = keys.server_public
+    socket.curve_server = True
+    return auth
+
+
+def make_client(socket: zmq.Socket[Any], keys: CurveKeys) -> None:
+    """Set ``socket`` (not yet connected) up as a CURVE client of the pipeline's server key."""
+    socket.curve_secretkey = keys.client_secret
+    socket.curve_publickey = keys.client_public
+    socket.curve_serverkey = keys.server_public

@@ -22,7 +22,7 @@ import json
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Union
+from typing import Any, Final
 
 import numpy as np
 
@@ -91,7 +91,7 @@ class Header:
     t_pub_ns: int = 0
 
 
-Buffer = Union[bytes, bytearray, memoryview, np.ndarray]
+Buffer = bytes | bytearray | memoryview | np.ndarray
 
 
 @dataclass(slots=True)
@@ -326,7 +326,7 @@ def decode(frames: Sequence[Buffer]) -> Message:
         )
     if len(inline) != len(descs):
         raise EnvelopeError("stale_shm", "shared-memory payloads need a transport to resolve")
-    arrays = [array_from_buffer(d, f) for d, f in zip(descs, frames[2:])]
+    arrays = [array_from_buffer(d, f) for d, f in zip(descs, frames[2:], strict=True)]
     return Message(topic, header, arrays)
 
 

@@ -9,5 +9,5 @@ class TransportError(EdgefuseError):
     """A socket, endpoint or key problem that stops a publisher or subscriber from working."""
 
 
-class ShmUnavailable(TransportError):
+class ShmUnavailableError(TransportError):
     """Shared memory could not be allocated (``/dev/shm`` full or missing); send inline instead."""

@@ -23,7 +23,7 @@ from edgefuse import envelope
 from edgefuse.envelope import Buffer, Header, Message, PayloadDesc
 from edgefuse.errors import EnvelopeError
 from edgefuse.transport.endpoints import Endpoint
-from edgefuse.transport.errors import ShmUnavailable, TransportError
+from edgefuse.transport.errors import ShmUnavailableError, TransportError
 from edgefuse.transport.security import CurveKeys, make_client, make_server
 from edgefuse.transport.shm import ShmReader, ShmRing
 from edgefuse.transport.stats import TopicStats
@@ -76,7 +76,7 @@ class Publisher:
         self.node = node
         self.options = options or TransportOptions()
         self._ctx = context or zmq.Context.instance()
-        self._sock = self._ctx.socket(zmq.PUB)
+        self._sock: zmq.Socket[Any] = self._ctx.socket(zmq.PUB)
         self._sock.sndhwm = self.options.queue_depth
         self._sock.linger = 0
         self._auth = None
@@ -122,11 +122,11 @@ class Publisher:
             try:
                 arr, _ = self._ring(stream).loan(shape_t, dt)
                 return arr
-            except ShmUnavailable as exc:
+            except ShmUnavailableError as exc:
                 self._fallback(exc)
         return np.empty(shape_t, dt)
 
-    def _fallback(self, exc: ShmUnavailable) -> None:
+    def _fallback(self, exc: ShmUnavailableError) -> None:
         self._warn("shm", "shared memory unavailable, sending inline from now on: %s", exc)
         self._use_shm = False
 
@@ -175,7 +175,7 @@ class Publisher:
                 try:
                     ring = self._ring(stream)
                     ref = ring.write(np.ascontiguousarray(arr))
-                except ShmUnavailable as exc:
+                except ShmUnavailableError as exc:
                     self._fallback(exc)
             if ref is not None:
                 pending = True
@@ -253,7 +253,7 @@ class Subscriber:
         self.copy = copy
         self.topics = frozenset(topics)
         self._ctx = context or zmq.Context.instance()
-        self._sock = self._ctx.socket(zmq.SUB)
+        self._sock: zmq.Socket[Any] = self._ctx.socket(zmq.SUB)
         self._sock.rcvhwm = self.options.queue_depth
         self._sock.linger = 0
         eps = [

@@ -29,7 +29,7 @@ import numpy as np
 
 from edgefuse.envelope import PayloadDesc, ShmRef
 from edgefuse.errors import EnvelopeError
-from edgefuse.transport.errors import ShmUnavailable
+from edgefuse.transport.errors import ShmUnavailableError
 
 SHM_DIR: Final = "/dev/shm"
 PREFIX: Final = "edgefuse."
@@ -136,7 +136,7 @@ class ShmRing:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         except OSError as exc:
-            raise ShmUnavailable(f"cannot create {path}: {exc}") from exc
+            raise ShmUnavailableError(f"cannot create {path}: {exc}") from exc
         try:
             # Reserve the pages now: a tmpfs that runs out later would SIGBUS the writer.
             os.posix_fallocate(fd, 0, size)
@@ -146,7 +146,7 @@ class ShmRing:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
             why = "no space left in /dev/shm" if exc.errno == errno.ENOSPC else str(exc)
-            raise ShmUnavailable(f"cannot allocate {size} bytes in {path}: {why}") from exc
+            raise ShmUnavailableError(f"cannot allocate {size} bytes in {path}: {why}") from exc
         os.close(fd)
         _CONTROL.pack_into(mm, 0, _MAGIC, self.slot_count, capacity, os.getpid())
         return _Segment(name, mm, self.slot_count, capacity)

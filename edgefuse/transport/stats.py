@@ -44,6 +44,6 @@ def percentiles_ms(samples_ns: Any, qs: tuple[float, ...] = (50, 90, 99)) -> dic
     if arr.size == 0:
         return {}
     vals = np.percentile(arr, qs) / 1e6
-    out = {f"p{q:g}": round(float(v), 4) for q, v in zip(qs, vals)}
+    out = {f"p{q:g}": round(float(v), 4) for q, v in zip(qs, vals, strict=True)}
     out["max"] = round(float(arr.max()) / 1e6, 4)
     return out

@@ -1,0 +1,7 @@
+"""``python -m edgefuse``: same as the ``edgefuse`` command."""
+
+import sys
+
+from edgefuse.cli import main
+
+sys.exit(main())

@@ -1,0 +1,381 @@
+"""The node base class, and the loop that runs one node in its own process.
+
+A node declares its parameters (a frozen dataclass), its output streams and its input
+ports; the pipeline file maps each input port to a topic. The runner owns the sockets: one
+:class:`~edgefuse.transport.Publisher` for all outputs, one
+:class:`~edgefuse.transport.Subscriber` for all inputs, timers on the host monotonic clock,
+periodic statistics to the launcher, and a clean stop on SIGINT/SIGTERM. A node survives bad
+data: an exception in a callback is counted and logged, and the loop goes on.
+
+Run a node process with ``python -m edgefuse.node`` and a JSON spec in ``EDGEFUSE_NODE_SPEC``
+(the launcher does this).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any, ClassVar
+
+import numpy as np
+import zmq
+
+from edgefuse.envelope import Header, Message
+from edgefuse.errors import ConfigError, EdgefuseError
+from edgefuse.transport import CurveKeys, Publisher, Subscriber, TransportOptions
+
+log = logging.getLogger(__name__)
+
+#: Short names of the nodes that ship with edgefuse. Plugins add theirs through the
+#: ``edgefuse.nodes`` entry-point group; any node can also be named ``package.module:Class``.
+BUILTIN_NODES: dict[str, str] = {
+    "test_pattern": "edgefuse.sensors.test_pattern:TestPatternNode",
+    "pattern_check": "edgefuse.sensors.test_pattern:PatternCheckNode",
+}
+
+
+#: Exit code of a node process whose configuration is wrong (sysexits EX_CONFIG): the
+#: launcher does not restart it.
+EXIT_CONFIG = 78
+
+
+@dataclass(frozen=True, kw_only=True)
+class NoParams:
+    """Parameters of a node that takes none."""
+
+
+class Node:
+    """Base class of every pipeline node.
+
+    Subclasses set :attr:`Params`, :attr:`outputs` and :attr:`inputs`, and override
+    :meth:`setup`, :meth:`on_message` and :meth:`teardown` as needed. Inside them,
+    :meth:`publish`, :meth:`loan` and :meth:`every` are the way to the outside world.
+    """
+
+    #: The parameters dataclass (frozen, keyword-only); validated from the pipeline file.
+    Params: ClassVar[type[Any]] = NoParams
+    #: Output streams and their encodings; topics are ``<node name>/<stream>``.
+    outputs: ClassVar[Mapping[str, str]] = {}
+    #: Input ports; the pipeline maps each to a topic.
+    inputs: ClassVar[Sequence[str]] = ()
+
+    def __init__(self, *, name: str, params: Any, runner: NodeRunner | None = None) -> None:
+        self.name = name
+        self.params = params
+        self._runner = runner
+        self.log = logging.getLogger(f"edgefuse.node.{name}")
+
+    # --- hooks -------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Called once in the node's process before any message or timer."""
+
+    def on_message(self, port: str, msg: Message) -> None:
+        """Called for every well-formed message on input ``port``."""
+
+    def teardown(self) -> None:
+        """Called once when the node stops (also after a failure in a callback)."""
+
+    # --- services ------------------------------------------------------------------------
+    @property
+    def runner(self) -> NodeRunner:
+        """The runner hosting this node (raises if the node is not running)."""
+        if self._runner is None:
+            raise RuntimeError(f"node {self.name} is not running")
+        return self._runner
+
+    def publish(self, stream: str, arrays: Sequence[np.ndarray] = (), **kw: Any) -> Header:
+        """Publish on ``<name>/<stream>``; keywords as :meth:`Publisher.publish`."""
+        if stream not in self.outputs:
+            raise ValueError(f"{self.name}: {stream!r} is not an output (have {list(self.outputs)})")
+        kw.setdefault("encoding", self.outputs[stream])
+        return self.runner.publisher.publish(stream, arrays, **kw)
+
+    def loan(self, stream: str, shape: Sequence[int], dtype: Any) -> np.ndarray:
+        """A writable array to fill and publish on ``stream`` without a copy."""
+        return self.runner.publisher.loan(stream, shape, dtype)
+
+    def every(self, period_s: float, callback: Callable[[], None]) -> None:
+        """Call ``callback`` every ``period_s`` seconds on a fixed schedule (no drift)."""
+        if period_s <= 0:
+            raise ValueError(f"timer period must be > 0, got {period_s}")
+        self.runner.timers.append(_Timer(period_s, callback, time.monotonic() + period_s))
+
+    def stop(self) -> None:
+        """Ask the runner to stop after the current callback (a finished source calls this)."""
+        self.runner.stopping = True
+
+
+@dataclass(slots=True)
+class _Timer:
+    period_s: float
+    callback: Callable[[], None]
+    due: float
+
+
+def resolve_node_type(type_name: str) -> type[Node]:
+    """The node class for ``type_name``: a built-in short name, an ``edgefuse.nodes`` entry
+    point, or ``package.module:Class``. Raises ``ConfigError`` listing what is known."""
+    target = BUILTIN_NODES.get(type_name)
+    if target is None:
+        for ep in metadata.entry_points(group="edgefuse.nodes"):
+            if ep.name == type_name:
+                target = ep.value
+                break
+    if target is None and ":" in type_name:
+        target = type_name
+    if target is None:
+        known = ", ".join(sorted(BUILTIN_NODES))
+        raise ConfigError(f"unknown node type {type_name!r}; expected one of: {known}, or "
+                          "package.module:Class")
+    module_name, _, attr = target.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"node type {type_name!r} ({target}) cannot be loaded: {exc}") from exc
+    if not (isinstance(cls, type) and issubclass(cls, Node)):
+        raise ConfigError(f"node type {type_name!r} ({target}) is not an edgefuse Node")
+    return cls
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeSpec:
+    """Everything a node process needs, handed over by the launcher as JSON."""
+
+    name: str
+    type: str
+    params: dict[str, Any]
+    #: Endpoint this node's publisher binds ("" when it has no outputs).
+    endpoint: str = ""
+    #: Input port -> (topic, endpoint of its publisher).
+    inputs: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
+    control: str = ""
+    run_id: str = "solo"
+    queue_depth: int = 8
+    shm_slots: int = 8
+    keys_dir: str | None = None
+    stats_period_s: float = 0.5
+    parent_pid: int = 0
+
+    def to_json(self) -> str:
+        """Serialise for the environment of the node process."""
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> NodeSpec:
+        """Inverse of :meth:`to_json`."""
+        data = json.loads(text)
+        data["inputs"] = {k: tuple(v) for k, v in data.get("inputs", {}).items()}
+        return cls(**data)
+
+
+class NodeRunner:
+    """Hosts one node: sockets, timers, the event loop, statistics and a clean stop."""
+
+    def __init__(self, node_cls: type[Node], params: Any, spec: NodeSpec) -> None:
+        self.spec = spec
+        self.ctx: zmq.Context[Any] = zmq.Context()
+        keys = CurveKeys.load(spec.keys_dir) if spec.keys_dir else None
+        self.options = TransportOptions(
+            queue_depth=spec.queue_depth, shm_slots=spec.shm_slots, keys=keys, run_id=spec.run_id
+        )
+        self.timers: list[_Timer] = []
+        self.stopping = False
+        self.errors: Counter[str] = Counter()
+        self.node = node_cls(name=spec.name, params=params, runner=self)
+        self._publisher: Publisher | None = None
+        self.subscriber: Subscriber | None = None
+        self._port_of: dict[str, str] = {topic: port for port, (topic, _) in spec.inputs.items()}
+        self._control: zmq.Socket[Any] | None = None
+        self._late_overruns: Counter[str] = Counter()
+
+    @property
+    def publisher(self) -> Publisher:
+        """The node's publisher (created when first needed)."""
+        if self._publisher is None:
+            if not self.spec.endpoint:
+                raise RuntimeError(f"node {self.spec.name} has no outputs to publish on")
+            self._publisher = Publisher(
+                self.spec.endpoint, node=self.spec.name, options=self.options, context=self.ctx
+            )
+        return self._publisher
+
+    def _open(self) -> None:
+        if self.spec.endpoint:
+            _ = self.publisher
+        if self.spec.inputs:
+            endpoints = sorted({ep for _, ep in self.spec.inputs.values()})
+            self.subscriber = Subscriber(
+                endpoints, self._port_of, options=self.options, context=self.ctx
+            )
+        if self.spec.control:
+            self._control = self.ctx.socket(zmq.PUSH)
+            self._control.linger = 200
+            self._control.sndhwm = 16
+            self._control.connect(self.spec.control)
+
+    def run(self) -> int:
+        """Run until stopped; return the process exit code (0 clean, 1 failed setup)."""
+        self._open()
+        try:
+            self.node.setup()
+        except Exception:
+            log.error("%s: setup failed:\n%s", self.spec.name, traceback.format_exc())
+            self._close()
+            return 1
+        next_stats = time.monotonic()
+        sent_latency: dict[str, int] = {}
+        try:
+            while not self.stopping:
+                now = time.monotonic()
+                wait = 0.05
+                for t in self.timers:
+                    wait = min(wait, t.due - now)
+                if self.subscriber is not None:
+                    if self.subscriber.socket.poll(max(0, int(wait * 1000))):
+                        self._drain()
+                elif wait > 0:
+                    time.sleep(wait)
+                now = time.monotonic()
+                for t in self.timers:
+                    if t.due <= now:
+                        self._call("timer", t.callback)
+                        # Fixed schedule; if we fell behind by more than a period, skip ahead.
+                        t.due += t.period_s
+                        if t.due < now:
+                            t.due = now + t.period_s
+                if now >= next_stats:
+                    self._report(sent_latency)
+                    next_stats = now + self.spec.stats_period_s
+        finally:
+            self._call("teardown", self.node.teardown)
+            self._report(sent_latency)
+            self._close()
+        return 0
+
+    def _drain(self) -> None:
+        assert self.subscriber is not None
+        for _ in range(64):  # bounded, so timers still run under a flood
+            msg = self.subscriber.recv(timeout_ms=0)
+            if msg is None:
+                return
+            port = self._port_of[msg.topic]
+            self._call(f"on_message:{port}", lambda m=msg, p=port: self.node.on_message(p, m))
+            if not msg.intact():
+                # The slot was reused while the callback ran: whatever it computed may mix
+                # two frames. Count it so the status table shows the ring is too small.
+                self.subscriber.stats[msg.topic].overruns += 1
+                self._late_overruns[msg.topic] += 1
+            if self.stopping:
+                return
+
+    def _call(self, what: str, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except Exception as exc:
+            kind = f"{what}:{type(exc).__name__}"
+            first = kind not in self.errors
+            self.errors[kind] += 1
+            if first:
+                log.error("%s: %s raised (counted, node goes on):\n%s",
+                          self.spec.name, what, traceback.format_exc())
+
+    def stats(self, sent_latency: dict[str, int] | None = None) -> dict[str, Any]:
+        """The node's counters as a JSON-ready dict (latency: samples new since last call)."""
+        published = {}
+        if self._publisher is not None:
+            published = {t: {"messages": s.messages, "bytes": s.bytes}
+                         for t, s in self._publisher.stats.items()}
+        received: dict[str, Any] = {}
+        if self.subscriber is not None:
+            for topic, s in self.subscriber.stats.items():
+                snap = s.snapshot()
+                samples = snap.pop("latency_ns")
+                if sent_latency is not None:
+                    # Send only samples not yet reported (the deque keeps the newest).
+                    new = s.messages - sent_latency.get(topic, 0)
+                    sent_latency[topic] = s.messages
+                    samples = samples[-new:] if new > 0 else []
+                snap["latency_ns"] = samples
+                received[topic] = snap
+            bad = self.subscriber.unattributed
+            if bad.malformed:
+                received["?"] = {"malformed": dict(bad.malformed)}
+        return {
+            "node": self.spec.name, "pid": os.getpid(), "t_ns": time.monotonic_ns(),
+            "published": published, "received": received, "errors": dict(self.errors),
+        }
+
+    def _report(self, sent_latency: dict[str, int]) -> None:
+        if self._control is None:
+            return
+        try:
+            self._control.send_json(self.stats(sent_latency), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # the launcher is busy or gone; stats are best effort
+
+    def _close(self) -> None:
+        if self._publisher is not None:
+            self._publisher.close()
+        if self.subscriber is not None:
+            self.subscriber.close()
+        if self._control is not None:
+            self._control.close()
+        self.ctx.term()
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    # Linux: get SIGTERM when the launcher dies, even by SIGKILL, so no node is orphaned.
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+    if parent_pid and os.getppid() != parent_pid:
+        sys.exit(0)  # the launcher is already gone
+
+
+def main() -> int:
+    """Entry point of a node process (``python -m edgefuse.node``)."""
+    spec = NodeSpec.from_json(os.environ["EDGEFUSE_NODE_SPEC"])
+    logging.basicConfig(
+        level=os.environ.get("EDGEFUSE_LOG_LEVEL", "INFO"),
+        format=f"%(asctime)s {spec.name} %(levelname)s %(message)s", datefmt="%H:%M:%S",
+    )
+    _die_with_parent(spec.parent_pid)
+    from edgefuse import config
+
+    try:
+        node_cls = resolve_node_type(spec.type)
+        params = config.build(node_cls.Params, spec.params)
+        runner = NodeRunner(node_cls, params, spec)
+    except EdgefuseError as exc:
+        # Restarting cannot fix a configuration error: say so with a distinct exit code.
+        log.error("%s: %s", spec.name, exc)
+        return EXIT_CONFIG
+
+    def on_signal(signum: int, _frame: object) -> None:
+        runner.stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return runner.run()
+
+
+if __name__ == "__main__":
+    # Run through the imported module, not __main__, so that node classes subclass the same
+    # ``edgefuse.node.Node`` that ``resolve_node_type`` checks against.
+    from edgefuse.node import main as _main
+
+    sys.exit(_main())

@@ -1,0 +1,160 @@
+"""Pipeline files: the YAML that says which nodes run, with which parameters, wired how.
+
+::
+
+    name: sim
+    transport:            # optional; these are the defaults
+      mode: ipc           # ipc: same host, shared memory for large payloads; tcp: inline
+      bind_host: 127.0.0.1
+      queue_depth: 8
+      shm_slots: 8
+      keys: null          # a folder from `edgefuse keys generate` turns on CURVE for tcp
+    nodes:
+      camera:
+        type: test_pattern        # built-in name, entry point, or package.module:Class
+        params: {rate_hz: 30}
+      check:
+        type: pattern_check
+        inputs: {image: camera/image}   # input port -> topic <node>/<stream>
+
+Everything is checked before a process starts: unknown keys, wrong types, unknown node
+types, parameters, ports and topics, each error naming the file, the line and the key.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from edgefuse import config
+from edgefuse.errors import ConfigError
+from edgefuse.node import Node, resolve_node_type
+
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransportConfig:
+    """How the pipeline's nodes talk to each other."""
+
+    mode: Literal["ipc", "tcp"] = "ipc"
+    #: Address tcp publishers bind to. Loopback unless you mean to expose the pipeline.
+    bind_host: str = "127.0.0.1"
+    #: First tcp port (one per publishing node); 0 picks free ports.
+    base_port: int = 0
+    queue_depth: int = 8
+    shm_slots: int = 8
+    keys: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.queue_depth <= 100_000:
+            raise ValueError(f"queue_depth must be in 1..100000, got {self.queue_depth}")
+        if not 2 <= self.shm_slots <= 500:
+            raise ValueError(f"shm_slots must be in 2..500, got {self.shm_slots}")
+        if not 0 <= self.base_port <= 65535:
+            raise ValueError(f"base_port must be in 0..65535, got {self.base_port}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeConfig:
+    """One node of the pipeline as written in the file."""
+
+    type: str
+    params: dict[str, Any] = field(default_factory=dict)
+    inputs: dict[str, str] = field(default_factory=dict)
+    #: Restart policy: ``on-failure`` (non-zero exit), ``always``, ``never``.
+    restart: Literal["on-failure", "always", "never"] = "on-failure"
+
+
+@dataclass(frozen=True, kw_only=True)
+class _PipelineFile:
+    name: str = ""
+    transport: TransportConfig = field(default_factory=TransportConfig)
+    nodes: dict[str, NodeConfig] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ResolvedNode:
+    """A node checked against its class: its parameters built, its inputs resolved."""
+
+    name: str
+    config: NodeConfig
+    cls: type[Node]
+    params: Any
+    #: Input port -> topic.
+    inputs: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A validated pipeline, ready to launch."""
+
+    name: str
+    path: Path
+    transport: TransportConfig
+    nodes: dict[str, ResolvedNode]
+
+    def topics(self) -> dict[str, tuple[str, str, str]]:
+        """Every output topic -> (node, stream, encoding)."""
+        out = {}
+        for n in self.nodes.values():
+            for stream, encoding in n.cls.outputs.items():
+                out[f"{n.name}/{stream}"] = (n.name, stream, encoding)
+        return out
+
+
+def load_pipeline(path: str | Path) -> Pipeline:
+    """Read and validate a pipeline file; raise ``ConfigError`` naming file, line and key."""
+    data, src = config.load_yaml(path)
+    return validate(data, src=src, path=Path(path))
+
+
+def validate(data: Any, *, src: config.Source, path: Path) -> Pipeline:
+    """Validate parsed pipeline data (see :func:`load_pipeline`)."""
+    raw = config.build(_PipelineFile, data, src=src)
+    if not raw.nodes:
+        raise ConfigError(f"{src.where(('nodes',))}: a pipeline needs at least one node")
+    if raw.transport.keys is not None and not (path.parent / raw.transport.keys).is_dir() and (
+        not Path(raw.transport.keys).is_dir()
+    ):
+        raise ConfigError(
+            f"{src.where(('transport', 'keys'))}: keys folder {raw.transport.keys!r} not found "
+            "(make it with 'edgefuse keys generate DIR')"
+        )
+    resolved: dict[str, ResolvedNode] = {}
+    classes: dict[str, type[Node]] = {}
+    for name, nc in raw.nodes.items():
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ConfigError(
+                f"{src.where(('nodes', name))}: node name {name!r} must start with a letter and "
+                "hold only letters, digits, '_' and '-'"
+            )
+        try:
+            classes[name] = resolve_node_type(nc.type)
+        except ConfigError as exc:
+            raise ConfigError(f"{src.where(('nodes', name, 'type'))}: {exc}") from None
+    outputs = {
+        f"{n}/{s}": n for n, cls in classes.items() for s in cls.outputs
+    }
+    for name, nc in raw.nodes.items():
+        cls = classes[name]
+        params = config.build(cls.Params, nc.params, src=src, path=("nodes", name, "params"))
+        for port, topic in nc.inputs.items():
+            where = src.where(("nodes", name, "inputs", port))
+            if port not in cls.inputs:
+                known = ", ".join(cls.inputs) or "none"
+                raise ConfigError(f"{where}: {nc.type} has no input port {port!r}; expected one "
+                                  f"of: {known}")
+            if topic not in outputs:
+                known = ", ".join(sorted(outputs)) or "none"
+                raise ConfigError(f"{where}: no node publishes {topic!r}; topics are: {known}")
+        missing = [p for p in cls.inputs if p not in nc.inputs]
+        if missing:
+            raise ConfigError(
+                f"{src.where(('nodes', name, 'inputs'))}: input port(s) {', '.join(missing)} of "
+                f"{nc.type} are not connected"
+            )
+        resolved[name] = ResolvedNode(name, nc, cls, params, dict(nc.inputs))
+    return Pipeline(raw.name or path.stem, path, raw.transport, resolved)

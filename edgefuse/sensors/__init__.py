@@ -1,0 +1,1 @@
+"""Sensor drivers and synthetic sources: each publishes timestamped frames."""

@@ -48,16 +48,26 @@ def _cmd_topics(args: argparse.Namespace) -> int:
 def _cmd_echo(args: argparse.Namespace) -> int:
     from edgefuse.introspect import echo
 
-    n = echo(args.topic.lstrip("/"), count=1 if args.once else args.count,
-             timeout_s=args.timeout, pipeline=args.pipeline, keys=args.keys)
+    n = echo(
+        args.topic.lstrip("/"),
+        count=1 if args.once else args.count,
+        timeout_s=args.timeout,
+        pipeline=args.pipeline,
+        keys=args.keys,
+    )
     return 0 if n else 1
 
 
 def _cmd_hz(args: argparse.Namespace) -> int:
     from edgefuse.introspect import hz
 
-    hz(args.topic.lstrip("/"), window=args.window, duration_s=args.duration,
-       pipeline=args.pipeline, keys=args.keys)
+    hz(
+        args.topic.lstrip("/"),
+        window=args.window,
+        duration_s=args.duration,
+        pipeline=args.pipeline,
+        keys=args.keys,
+    )
     return 0
 
 
@@ -80,8 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("pipeline", nargs="?", default="pipelines/sim.yaml")
     run.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
     run.add_argument("--report", metavar="FILE.json", help="write per-topic statistics at exit")
-    run.add_argument("--status", choices=["auto", "live", "plain", "off"], default="auto",
-                     help="status table: live redraw (tty), plain blocks, or off")
+    run.add_argument(
+        "--status",
+        choices=["auto", "live", "plain", "off"],
+        default="auto",
+        help="status table: live redraw (tty), plain blocks, or off",
+    )
     run.set_defaults(fn=_cmd_run)
 
     check = sub.add_parser("check", help="validate a pipeline file without running it")
@@ -93,8 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     topics.add_argument("--json", action="store_true")
     topics.set_defaults(fn=_cmd_topics)
 
-    for verb, fn, text in (("echo", _cmd_echo, "print messages of a topic"),
-                           ("hz", _cmd_hz, "print the rate of a topic")):
+    for verb, fn, text in (
+        ("echo", _cmd_echo, "print messages of a topic"),
+        ("hz", _cmd_hz, "print the rate of a topic"),
+    ):
         s = sub.add_parser(verb, help=text)
         s.add_argument("topic")
         s.add_argument("--pipeline", help="pipeline name or run id (default: newest)")
@@ -115,8 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--client", default="client", help="name of the client key pair to add")
     gen.set_defaults(fn=_cmd_keys)
 
-    bench = sub.add_parser("bench", help="benchmarks (edgefuse bench transport --json)",
-                           add_help=False)
+    bench = sub.add_parser(
+        "bench", help="benchmarks (edgefuse bench transport --json)", add_help=False
+    )
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(fn=None)
     return p
@@ -130,9 +147,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose_log else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose_log else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     try:
         return int(args.fn(args))
     except EdgefuseError as exc:

@@ -100,8 +100,7 @@ def _convert(tp: Any, value: Any, path: KeyPath, src: Source) -> Any:
         choices = get_args(tp)
         if value not in choices:
             raise ConfigError(
-                f"{src.where(path)}: expected one of {', '.join(map(repr, choices))}, "
-                f"got {value!r}"
+                f"{src.where(path)}: expected one of {', '.join(map(repr, choices))}, got {value!r}"
             )
         return value
     if origin in (Union, types.UnionType):
@@ -129,8 +128,10 @@ def _convert(tp: Any, value: Any, path: KeyPath, src: Source) -> Any:
                 raise ConfigError(
                     f"{src.where(path)}: expected a list of {len(args)} items, got {len(value)}"
                 )
-            return tuple(_convert(a, v, (*path, i), src) for i, (a, v) in
-                         enumerate(zip(args, value, strict=True)))
+            return tuple(
+                _convert(a, v, (*path, i), src)
+                for i, (a, v) in enumerate(zip(args, value, strict=True))
+            )
         item = args[0] if args else Any
         items = [_convert(item, v, (*path, i), src) for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
@@ -182,8 +183,10 @@ def build(cls: type[T], data: Any, *, src: Source | None = None, path: KeyPath =
             )
         kwargs[key] = _convert(hints[key], value, (*path, key), src)
     for name, f in fields.items():
-        if name not in kwargs and f.default is dataclasses.MISSING and (
-            f.default_factory is dataclasses.MISSING
+        if (
+            name not in kwargs
+            and f.default is dataclasses.MISSING
+            and (f.default_factory is dataclasses.MISSING)
         ):
             raise ConfigError(f"{src.where((*path, name))}: missing required key")
     try:

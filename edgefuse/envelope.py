@@ -34,6 +34,8 @@ ZERO_COPY_MIN_BYTES: Final = 64 * 1024
 T_UNKNOWN: Final = -(2**63)
 MAX_NDIM: Final = 8
 MAX_PAYLOADS: Final = 64
+#: Largest payload a header may describe; anything bigger is a corrupt or hostile header.
+MAX_PAYLOAD_BYTES: Final = 1 << 40
 #: dtype kinds allowed on the wire: bool, signed, unsigned, float, complex. Never object.
 _ALLOWED_KINDS: Final = frozenset("biufc")
 
@@ -229,7 +231,8 @@ def decode_header(buf: Buffer) -> tuple[Header, list[PayloadDesc]]:
     if meta_len:
         try:
             loaded = json.loads(bytes(r.take(meta_len)))
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            # RecursionError: deeply nested JSON ("[[[[...") from a hostile or corrupt sender.
             raise EnvelopeError("bad_header", f"meta is not JSON: {exc}") from None
         if not isinstance(loaded, dict):
             raise EnvelopeError("bad_header", "meta is not a JSON object")
@@ -250,8 +253,13 @@ def decode_header(buf: Buffer) -> tuple[Header, list[PayloadDesc]]:
             offset, nbytes, generation = r.unpack(_SHM)
             shm = ShmRef(segment, offset, nbytes, generation)
         desc = PayloadDesc(dtype, tuple(int(d) for d in shape), shm)
-        if desc.nbytes > 1 << 40:
-            raise EnvelopeError("bad_shape", f"shape {desc.shape} describes over 1 TiB")
+        # Bound the extent with zero dimensions counted as 1: a shape like (0, 2**63) holds no
+        # bytes but numpy refuses to build it (ValueError), which must not reach the caller.
+        extent = dtype.itemsize
+        for d in desc.shape:
+            extent *= max(d, 1)
+        if extent > MAX_PAYLOAD_BYTES:
+            raise EnvelopeError("bad_shape", f"shape {desc.shape} of {dtype} is over 1 TiB")
         if shm is not None and shm.nbytes != desc.nbytes:
             raise EnvelopeError(
                 "size_mismatch",
@@ -284,7 +292,11 @@ def array_from_buffer(desc: PayloadDesc, buf: Buffer) -> np.ndarray:
             f"payload frame holds {view.nbytes} bytes, shape {desc.shape} of {desc.dtype} "
             f"needs {desc.nbytes}",
         )
-    return np.frombuffer(view, dtype=desc.dtype).reshape(desc.shape)
+    arr = np.frombuffer(view, dtype=desc.dtype).reshape(desc.shape)
+    # ZeroMQ frames (and bytearrays) are writable buffers; the decoded array is a view of the
+    # received message, shared by whoever holds it, so it is handed out read-only.
+    arr.flags.writeable = False
+    return arr
 
 
 def check_topic(topic_frame: Buffer) -> str:

@@ -30,25 +30,38 @@ def list_topics() -> list[dict[str, Any]]:
     rows = []
     for g in rundir.running_pipelines():
         for topic, t in sorted(g.get("topics", {}).items()):
-            rows.append({"topic": topic, "pipeline": g.get("name"), "run_id": g.get("run_id"),
-                         "encoding": t.get("encoding", ""), "endpoint": t.get("endpoint", ""),
-                         "keys": g.get("keys")})
+            rows.append(
+                {
+                    "topic": topic,
+                    "pipeline": g.get("name"),
+                    "run_id": g.get("run_id"),
+                    "encoding": t.get("encoding", ""),
+                    "endpoint": t.get("endpoint", ""),
+                    "keys": g.get("keys"),
+                }
+            )
     return rows
 
 
 def find_topic(topic: str, *, pipeline: str | None = None) -> dict[str, Any]:
     """The running topic called ``topic`` (in ``pipeline`` if given, else the newest run)."""
-    rows = [r for r in list_topics() if r["topic"] == topic and
-            (pipeline is None or pipeline in (r["pipeline"], r["run_id"]))]
+    rows = [
+        r
+        for r in list_topics()
+        if r["topic"] == topic and (pipeline is None or pipeline in (r["pipeline"], r["run_id"]))
+    ]
     if not rows:
-        known = ", ".join(sorted({r["topic"] for r in list_topics()})) or "none (is a pipeline "\
-            "running? start one with 'edgefuse run')"
+        known = (
+            ", ".join(sorted({r["topic"] for r in list_topics()}))
+            or "none (is a pipeline running? start one with 'edgefuse run')"
+        )
         raise TopicNotFoundError(f"no running pipeline publishes {topic!r}; topics: {known}")
     return rows[0]
 
 
-def subscribe(topic: str, *, pipeline: str | None = None, keys: str | None = None,
-              client: str = "client") -> Subscriber:
+def subscribe(
+    topic: str, *, pipeline: str | None = None, keys: str | None = None, client: str = "client"
+) -> Subscriber:
     """A subscriber to a running topic (data is copied out, so it stays valid)."""
     row = find_topic(topic, pipeline=pipeline)
     keys_dir = keys or row["keys"]
@@ -60,9 +73,13 @@ def describe(msg: Message) -> str:
     """Header fields and a one-line summary per array (shape, dtype, min/max/mean)."""
     h = msg.header
     lines = [
-        f"topic: {msg.topic}", f"seq: {h.seq}", f"t_sensor_ns: {h.t_sensor_ns}",
-        f"t_host_ns: {h.t_host_ns}", f"t_ns: {h.t_ns if h.t_ns is not None else '(unknown)'}",
-        f"frame_id: {h.frame_id!r}", f"encoding: {h.encoding!r}",
+        f"topic: {msg.topic}",
+        f"seq: {h.seq}",
+        f"t_sensor_ns: {h.t_sensor_ns}",
+        f"t_host_ns: {h.t_host_ns}",
+        f"t_ns: {h.t_ns if h.t_ns is not None else '(unknown)'}",
+        f"frame_id: {h.frame_id!r}",
+        f"encoding: {h.encoding!r}",
     ]
     if h.meta:
         lines.append(f"meta: {h.meta}")
@@ -74,8 +91,15 @@ def describe(msg: Message) -> str:
     return "\n".join(lines) + "\n---"
 
 
-def echo(topic: str, *, count: int = 0, timeout_s: float | None = None,
-         pipeline: str | None = None, keys: str | None = None, out: TextIO | None = None) -> int:
+def echo(
+    topic: str,
+    *,
+    count: int = 0,
+    timeout_s: float | None = None,
+    pipeline: str | None = None,
+    keys: str | None = None,
+    out: TextIO | None = None,
+) -> int:
     """Print messages of ``topic`` (``count`` of them, 0 = until interrupted); return how many."""
     out = out or sys.stdout
     n = 0
@@ -92,9 +116,16 @@ def echo(topic: str, *, count: int = 0, timeout_s: float | None = None,
     return n
 
 
-def hz(topic: str, *, window: int = 100, duration_s: float | None = None,
-       print_every_s: float = 1.0, pipeline: str | None = None, keys: str | None = None,
-       out: TextIO | None = None) -> dict[str, float]:
+def hz(
+    topic: str,
+    *,
+    window: int = 100,
+    duration_s: float | None = None,
+    print_every_s: float = 1.0,
+    pipeline: str | None = None,
+    keys: str | None = None,
+    out: TextIO | None = None,
+) -> dict[str, float]:
     """Print the receive rate of ``topic`` like ``ros2 topic hz``; return the last figures."""
     out = out or sys.stdout
     arrivals: deque[int] = deque(maxlen=window + 1)
@@ -111,13 +142,19 @@ def hz(topic: str, *, window: int = 100, duration_s: float | None = None,
                 if len(arrivals) >= 2:
                     gaps = np.diff(np.asarray(arrivals, dtype=np.int64)) / 1e9
                     last = {
-                        "rate_hz": 1.0 / float(np.mean(gaps)), "min_s": float(gaps.min()),
+                        "rate_hz": 1.0 / float(np.mean(gaps)),
+                        "min_s": float(gaps.min()),
                         "max_s": float(gaps.max()),
-                        "std_s": statistics.pstdev(gaps.tolist()), "window": len(gaps),
+                        "std_s": statistics.pstdev(gaps.tolist()),
+                        "window": len(gaps),
                     }
-                    print(f"average rate: {last['rate_hz']:.3f}\n\tmin: {last['min_s']:.4f}s "
-                          f"max: {last['max_s']:.4f}s std dev: {last['std_s']:.5f}s "
-                          f"window: {len(gaps)}", file=out, flush=True)
+                    print(
+                        f"average rate: {last['rate_hz']:.3f}\n\tmin: {last['min_s']:.4f}s "
+                        f"max: {last['max_s']:.4f}s std dev: {last['std_s']:.5f}s "
+                        f"window: {len(gaps)}",
+                        file=out,
+                        flush=True,
+                    )
                 else:
                     print("no new messages", file=out, flush=True)
         st = sub.stats[topic]

@@ -57,9 +57,12 @@ class _NodeProc:
 
     def summary(self) -> dict[str, Any]:
         return {
-            "name": self.resolved.name, "type": self.resolved.config.type,
+            "name": self.resolved.name,
+            "type": self.resolved.config.type,
             "pid": self.proc.pid if self.proc is not None and self.proc.poll() is None else None,
-            "state": self.state, "restarts": self.restarts, "exit_codes": self.exit_codes,
+            "state": self.state,
+            "restarts": self.restarts,
+            "exit_codes": self.exit_codes,
         }
 
 
@@ -103,10 +106,16 @@ class Launcher:
                 port = t.base_port + i if t.base_port else free_tcp_port(t.bind_host)
                 host = f"[{t.bind_host}]" if ":" in t.bind_host else t.bind_host
                 eps[n.name] = f"tcp://{host}:{port}"
-        if t.mode == "tcp" and t.keys is None and t.bind_host not in ("127.0.0.1", "localhost",
-                                                                       "::1"):
-            log.warning("tcp endpoints bind to %s without CURVE keys: anyone on the network can "
-                        "subscribe (set transport.keys)", t.bind_host)
+        if (
+            t.mode == "tcp"
+            and t.keys is None
+            and t.bind_host not in ("127.0.0.1", "localhost", "::1")
+        ):
+            log.warning(
+                "tcp endpoints bind to %s without CURVE keys: anyone on the network can "
+                "subscribe (set transport.keys)",
+                t.bind_host,
+            )
         return eps
 
     def _keys_dir(self) -> str | None:
@@ -128,23 +137,37 @@ class Launcher:
         keys_dir = self._keys_dir()
         for n in self.pipeline.nodes.values():
             spec = NodeSpec(
-                name=n.name, type=n.config.type, params=dict(n.config.params),
+                name=n.name,
+                type=n.config.type,
+                params=dict(n.config.params),
                 endpoint=eps.get(n.name, ""),
-                inputs={port: (topic, eps[topic.partition("/")[0]])
-                        for port, topic in n.inputs.items()},
-                control=control, run_id=self.run_id, queue_depth=t.queue_depth,
-                shm_slots=t.shm_slots, keys_dir=keys_dir, parent_pid=os.getpid(),
+                inputs={
+                    port: (topic, eps[topic.partition("/")[0]]) for port, topic in n.inputs.items()
+                },
+                control=control,
+                run_id=self.run_id,
+                queue_depth=t.queue_depth,
+                shm_slots=t.shm_slots,
+                keys_dir=keys_dir,
+                parent_pid=os.getpid(),
             )
             self._nodes[n.name] = _NodeProc(n, spec)
         graph = {
-            "name": self.pipeline.name, "run_id": self.run_id, "pid": os.getpid(),
-            "started_unix": time.time(), "file": str(self.pipeline.path),
-            "keys": keys_dir, "transport": t.mode,
-            "nodes": {name: {"type": p.resolved.config.type, "endpoint": p.spec.endpoint}
-                      for name, p in self._nodes.items()},
-            "topics": {topic: {"node": node, "stream": stream, "encoding": enc,
-                               "endpoint": eps[node]}
-                       for topic, (node, stream, enc) in self.pipeline.topics().items()},
+            "name": self.pipeline.name,
+            "run_id": self.run_id,
+            "pid": os.getpid(),
+            "started_unix": time.time(),
+            "file": str(self.pipeline.path),
+            "keys": keys_dir,
+            "transport": t.mode,
+            "nodes": {
+                name: {"type": p.resolved.config.type, "endpoint": p.spec.endpoint}
+                for name, p in self._nodes.items()
+            },
+            "topics": {
+                topic: {"node": node, "stream": stream, "encoding": enc, "endpoint": eps[node]}
+                for topic, (node, stream, enc) in self.pipeline.topics().items()
+            },
         }
         tmp = self.run_dir / "graph.json.tmp"
         tmp.write_text(json.dumps(graph, indent=2))
@@ -160,8 +183,11 @@ class Launcher:
         else:
             stdout = None
         p.proc = subprocess.Popen(
-            [sys.executable, "-m", "edgefuse.node"], env=env, stdout=stdout,
-            stderr=subprocess.STDOUT if stdout is not None else None, start_new_session=True,
+            [sys.executable, "-m", "edgefuse.node"],
+            env=env,
+            stdout=stdout,
+            stderr=subprocess.STDOUT if stdout is not None else None,
+            start_new_session=True,
         )
         p.state = "running"
         p.started_at = time.monotonic()
@@ -276,8 +302,7 @@ class Launcher:
         for p in alive:
             assert p.proc is not None
             if p.proc.poll() is None:
-                log.warning("%s did not stop within %.1f s: killed", p.resolved.name,
-                            STOP_GRACE_S)
+                log.warning("%s did not stop within %.1f s: killed", p.resolved.name, STOP_GRACE_S)
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(p.proc.pid, signal.SIGKILL)
             p.proc.wait()

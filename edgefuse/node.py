@@ -13,8 +13,10 @@ Run a node process with ``python -m edgefuse.node`` and a JSON spec in ``EDGEFUS
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
+import functools
 import importlib
 import json
 import logging
@@ -98,7 +100,9 @@ class Node:
     def publish(self, stream: str, arrays: Sequence[np.ndarray] = (), **kw: Any) -> Header:
         """Publish on ``<name>/<stream>``; keywords as :meth:`Publisher.publish`."""
         if stream not in self.outputs:
-            raise ValueError(f"{self.name}: {stream!r} is not an output (have {list(self.outputs)})")
+            raise ValueError(
+                f"{self.name}: {stream!r} is not an output (have {list(self.outputs)})"
+            )
         kw.setdefault("encoding", self.outputs[stream])
         return self.runner.publisher.publish(stream, arrays, **kw)
 
@@ -137,8 +141,9 @@ def resolve_node_type(type_name: str) -> type[Node]:
         target = type_name
     if target is None:
         known = ", ".join(sorted(BUILTIN_NODES))
-        raise ConfigError(f"unknown node type {type_name!r}; expected one of: {known}, or "
-                          "package.module:Class")
+        raise ConfigError(
+            f"unknown node type {type_name!r}; expected one of: {known}, or package.module:Class"
+        )
     module_name, _, attr = target.partition(":")
     try:
         cls = getattr(importlib.import_module(module_name), attr)
@@ -271,7 +276,7 @@ class NodeRunner:
             if msg is None:
                 return
             port = self._port_of[msg.topic]
-            self._call(f"on_message:{port}", lambda m=msg, p=port: self.node.on_message(p, m))
+            self._call(f"on_message:{port}", functools.partial(self.node.on_message, port, msg))
             if not msg.intact():
                 # The slot was reused while the callback ran: whatever it computed may mix
                 # two frames. Count it so the status table shows the ring is too small.
@@ -288,15 +293,21 @@ class NodeRunner:
             first = kind not in self.errors
             self.errors[kind] += 1
             if first:
-                log.error("%s: %s raised (counted, node goes on):\n%s",
-                          self.spec.name, what, traceback.format_exc())
+                log.error(
+                    "%s: %s raised (counted, node goes on):\n%s",
+                    self.spec.name,
+                    what,
+                    traceback.format_exc(),
+                )
 
     def stats(self, sent_latency: dict[str, int] | None = None) -> dict[str, Any]:
         """The node's counters as a JSON-ready dict (latency: samples new since last call)."""
         published = {}
         if self._publisher is not None:
-            published = {t: {"messages": s.messages, "bytes": s.bytes}
-                         for t, s in self._publisher.stats.items()}
+            published = {
+                t: {"messages": s.messages, "bytes": s.bytes}
+                for t, s in self._publisher.stats.items()
+            }
         received: dict[str, Any] = {}
         if self.subscriber is not None:
             for topic, s in self.subscriber.stats.items():
@@ -313,17 +324,20 @@ class NodeRunner:
             if bad.malformed:
                 received["?"] = {"malformed": dict(bad.malformed)}
         return {
-            "node": self.spec.name, "pid": os.getpid(), "t_ns": time.monotonic_ns(),
-            "published": published, "received": received, "errors": dict(self.errors),
+            "node": self.spec.name,
+            "pid": os.getpid(),
+            "t_ns": time.monotonic_ns(),
+            "published": published,
+            "received": received,
+            "errors": dict(self.errors),
         }
 
     def _report(self, sent_latency: dict[str, int]) -> None:
         if self._control is None:
             return
-        try:
+        # Stats are best effort: if the launcher is busy or gone, this report is skipped.
+        with contextlib.suppress(zmq.Again):
             self._control.send_json(self.stats(sent_latency), flags=zmq.NOBLOCK)
-        except zmq.Again:
-            pass  # the launcher is busy or gone; stats are best effort
 
     def _close(self) -> None:
         if self._publisher is not None:
@@ -351,7 +365,8 @@ def main() -> int:
     spec = NodeSpec.from_json(os.environ["EDGEFUSE_NODE_SPEC"])
     logging.basicConfig(
         level=os.environ.get("EDGEFUSE_LOG_LEVEL", "INFO"),
-        format=f"%(asctime)s {spec.name} %(levelname)s %(message)s", datefmt="%H:%M:%S",
+        format=f"%(asctime)s {spec.name} %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
     )
     _die_with_parent(spec.parent_pid)
     from edgefuse import config

@@ -116,8 +116,10 @@ def validate(data: Any, *, src: config.Source, path: Path) -> Pipeline:
     raw = config.build(_PipelineFile, data, src=src)
     if not raw.nodes:
         raise ConfigError(f"{src.where(('nodes',))}: a pipeline needs at least one node")
-    if raw.transport.keys is not None and not (path.parent / raw.transport.keys).is_dir() and (
-        not Path(raw.transport.keys).is_dir()
+    if (
+        raw.transport.keys is not None
+        and not (path.parent / raw.transport.keys).is_dir()
+        and (not Path(raw.transport.keys).is_dir())
     ):
         raise ConfigError(
             f"{src.where(('transport', 'keys'))}: keys folder {raw.transport.keys!r} not found "
@@ -135,9 +137,7 @@ def validate(data: Any, *, src: config.Source, path: Path) -> Pipeline:
             classes[name] = resolve_node_type(nc.type)
         except ConfigError as exc:
             raise ConfigError(f"{src.where(('nodes', name, 'type'))}: {exc}") from None
-    outputs = {
-        f"{n}/{s}": n for n, cls in classes.items() for s in cls.outputs
-    }
+    outputs = {f"{n}/{s}": n for n, cls in classes.items() for s in cls.outputs}
     for name, nc in raw.nodes.items():
         cls = classes[name]
         params = config.build(cls.Params, nc.params, src=src, path=("nodes", name, "params"))
@@ -145,8 +145,9 @@ def validate(data: Any, *, src: config.Source, path: Path) -> Pipeline:
             where = src.where(("nodes", name, "inputs", port))
             if port not in cls.inputs:
                 known = ", ".join(cls.inputs) or "none"
-                raise ConfigError(f"{where}: {nc.type} has no input port {port!r}; expected one "
-                                  f"of: {known}")
+                raise ConfigError(
+                    f"{where}: {nc.type} has no input port {port!r}; expected one of: {known}"
+                )
             if topic not in outputs:
                 known = ", ".join(sorted(outputs)) or "none"
                 raise ConfigError(f"{where}: no node publishes {topic!r}; topics are: {known}")

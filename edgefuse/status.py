@@ -29,8 +29,10 @@ class _TopicAgg:
     first: tuple[float, int] | None = None
 
     def totals(self) -> tuple[int, int]:
-        return (sum(m for m, _ in self.published.values()),
-                sum(b for _, b in self.published.values()))
+        return (
+            sum(m for m, _ in self.published.values()),
+            sum(b for _, b in self.published.values()),
+        )
 
     def sub_sum(self, key: str) -> int:
         return sum(int(r.get(key, 0)) for r in self.received.values())
@@ -134,8 +136,12 @@ class StatusBoard:
                 t1, m1, _ = agg.history[-1]
                 rate_hz = (m1 - m0) / (t1 - t0) if t1 > t0 else 0.0
             topics[topic] = {
-                "node": node, "stream": stream, "encoding": enc,
-                "messages": msgs, "bytes": nbytes, "rate_hz": round(rate_hz, 3),
+                "node": node,
+                "stream": stream,
+                "encoding": enc,
+                "messages": msgs,
+                "bytes": nbytes,
+                "rate_hz": round(rate_hz, 3),
                 "bandwidth_MBps": round(rate_hz * (nbytes / msgs) / 1e6, 3) if msgs else 0.0,
                 "subscribers": sorted({n for n, _ in agg.received}),
                 "received": agg.sub_sum("messages"),
@@ -145,10 +151,12 @@ class StatusBoard:
                 "latency_ms": percentiles_ms(agg.latency_ns),
             }
         return {
-            "pipeline": pipeline, "run_id": run_id,
+            "pipeline": pipeline,
+            "run_id": run_id,
             "duration_s": round(time.monotonic() - self.started, 3),
             "topics": topics,
             "unattributed_malformed": dict(self.unattributed),
-            "nodes": {n["name"]: {**n, "errors": self.node_errors.get(n["name"], {})}
-                      for n in nodes},
+            "nodes": {
+                n["name"]: {**n, "errors": self.node_errors.get(n["name"], {})} for n in nodes
+            },
         }

@@ -20,8 +20,17 @@ from edgefuse.envelope import Message
 from edgefuse.node import Node
 
 _BARS_BGR = np.array(
-    [[255, 255, 255], [0, 255, 255], [255, 255, 0], [0, 255, 0],
-     [255, 0, 255], [0, 0, 255], [255, 0, 0], [0, 0, 0]], dtype=np.uint8,
+    [
+        [255, 255, 255],
+        [0, 255, 255],
+        [255, 255, 0],
+        [0, 255, 0],
+        [255, 0, 255],
+        [0, 0, 255],
+        [255, 0, 0],
+        [0, 0, 0],
+    ],
+    dtype=np.uint8,
 )
 
 
@@ -34,8 +43,16 @@ def render_pattern(seq: int, width: int, height: int, out: np.ndarray | None = N
     out[:bars_h] = _BARS_BGR[cols][None, :, :]
     ramp = ((np.arange(width) + 4 * seq) % 256).astype(np.uint8)
     out[bars_h:] = ramp[None, :, None]
-    cv2.putText(out, f"edgefuse {seq:08d}", (16, bars_h - 16), cv2.FONT_HERSHEY_SIMPLEX,
-                max(0.5, width / 640), (40, 40, 40), 2, cv2.LINE_AA)
+    cv2.putText(
+        out,
+        f"edgefuse {seq:08d}",
+        (16, bars_h - 16),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        max(0.5, width / 640),
+        (40, 40, 40),
+        2,
+        cv2.LINE_AA,
+    )
     return out
 
 
@@ -56,8 +73,9 @@ class TestPatternParams:
 
     def __post_init__(self) -> None:
         if not (16 <= self.width <= 8192 and 16 <= self.height <= 8192):
-            raise ValueError(f"width and height must be in 16..8192, got {self.width}x"
-                             f"{self.height}")
+            raise ValueError(
+                f"width and height must be in 16..8192, got {self.width}x{self.height}"
+            )
         if not 0 < self.rate_hz <= 10_000:
             raise ValueError(f"rate_hz must be in (0, 10000], got {self.rate_hz}")
         if self.frames < 0:
@@ -85,8 +103,11 @@ class TestPatternNode(Node):
         frame = self.loan("image", (p.height, p.width, 3), np.uint8)
         render_pattern(self.seq, p.width, p.height, out=frame)
         self.publish(
-            "image", [frame], t_sensor_ns=self.seq * self.period_ns,
-            t_host_ns=time.monotonic_ns(), frame_id="camera_optical",
+            "image",
+            [frame],
+            t_sensor_ns=self.seq * self.period_ns,
+            t_host_ns=time.monotonic_ns(),
+            frame_id="camera_optical",
             meta={"crc32": pattern_crc32(frame), "pattern_seq": self.seq},
         )
         self.seq += 1
@@ -120,8 +141,9 @@ class PatternCheckNode(Node):
     def on_message(self, port: str, msg: Message) -> None:
         frame = msg.arrays[0]
         crc = pattern_crc32(frame)
-        expected = render_pattern(int(msg.header.meta.get("pattern_seq", -1)), frame.shape[1],
-                                  frame.shape[0])
+        expected = render_pattern(
+            int(msg.header.meta.get("pattern_seq", -1)), frame.shape[1], frame.shape[0]
+        )
         if crc != msg.header.meta.get("crc32") or not np.array_equal(frame, expected):
             self.corrupt += 1
             raise ValueError(f"frame {msg.header.seq} differs from the pattern it claims to be")

@@ -24,8 +24,8 @@ from edgefuse.envelope import Buffer, Header, Message, PayloadDesc
 from edgefuse.errors import EnvelopeError
 from edgefuse.transport.endpoints import Endpoint
 from edgefuse.transport.errors import ShmUnavailableError, TransportError
-from edgefuse.transport.security import CurveKeys, make_client, make_server
-from edgefuse.transport.shm import ShmReader, ShmRing
+from edgefuse.transport.security import CurveKeys, ServerAuth, make_client, make_server
+from edgefuse.transport.shm import ShmReader, ShmRing, footprint
 from edgefuse.transport.stats import TopicStats
 
 log = logging.getLogger(__name__)
@@ -79,13 +79,15 @@ class Publisher:
         self._sock: zmq.Socket[Any] = self._ctx.socket(zmq.PUB)
         self._sock.sndhwm = self.options.queue_depth
         self._sock.linger = 0
-        self._auth = None
-        if self.endpoint.scheme == "tcp" and self.options.keys is not None:
-            self._auth = make_server(self._sock, self.options.keys)
+        self._auth: ServerAuth | None = None
         try:
+            if self.endpoint.scheme == "tcp" and self.options.keys is not None:
+                self._auth = make_server(self._sock, self.options.keys)
             self._sock.bind(str(self.endpoint))
-        except zmq.ZMQError as exc:
-            self.close()
+        except (zmq.ZMQError, TransportError) as exc:
+            self.close()  # the socket must not outlive a failed constructor
+            if isinstance(exc, TransportError):
+                raise
             raise TransportError(f"cannot bind {self.endpoint}: {exc}") from exc
         #: The endpoint actually bound (resolves ``tcp://host:*``).
         self.bound = Endpoint.parse(self._sock.last_endpoint.decode())
@@ -120,8 +122,13 @@ class Publisher:
         dt = np.dtype(dtype)
         if self._use_shm:
             try:
-                arr, _ = self._ring(stream).loan(shape_t, dt)
-                return arr
+                ring = self._ring(stream)
+                # A pending slot holds this message's earlier loans: taking a new slot would
+                # abandon them. If the new loan does not fit, it goes on the heap and publish
+                # moves the whole message into one fresh slot.
+                if not ring.pending or ring.fits(PayloadDesc(dt, shape_t).nbytes):
+                    arr, _ = ring.loan(shape_t, dt)
+                    return arr
             except ShmUnavailableError as exc:
                 self._fallback(exc)
         return np.empty(shape_t, dt)
@@ -163,35 +170,18 @@ class Publisher:
     def send(self, header: Header, arrays: Sequence[np.ndarray]) -> None:
         """Send a message with a caller-built header (its ``seq`` is kept, ``t_pub_ns`` set)."""
         stream = header.stream
+        dtypes = [envelope.wire_dtype(arr) for arr in arrays]  # refuse before touching a slot
+        refs = self._place(stream, arrays) if self._use_shm else [None] * len(arrays)
         descs: list[PayloadDesc] = []
         inline: list[Buffer] = []
-        ring = self._rings.get(stream) if self._use_shm else None
-        pending = False
-        for arr in arrays:
-            dt = envelope.wire_dtype(arr)
+        for arr, dt, ref in zip(arrays, dtypes, refs, strict=True):
             shape = tuple(int(d) for d in arr.shape)
-            ref = ring.owns(arr) if ring is not None else None
-            if ref is None and self._use_shm and arr.nbytes >= self.options.zero_copy_min_bytes:
-                try:
-                    ring = self._ring(stream)
-                    ref = ring.write(np.ascontiguousarray(arr))
-                except ShmUnavailableError as exc:
-                    self._fallback(exc)
             if ref is not None:
-                pending = True
                 descs.append(PayloadDesc(dt, shape, ref))
             else:
                 c = np.ascontiguousarray(arr)
                 descs.append(PayloadDesc(dt, shape))
                 inline.append(memoryview(c).cast("B") if c.nbytes else b"")
-        if pending and ring is not None:
-            gen = ring.commit()
-            descs = [
-                d if d.shm is None else PayloadDesc(d.dtype, d.shape, _with_gen(d.shm, gen))
-                for d in descs
-            ]
-        elif ring is not None:
-            ring.abandon()  # loans taken but not sent: their slot is not published
         header.t_pub_ns = time.monotonic_ns()
         frames: list[Buffer] = [self.topic(stream).encode(), envelope.encode_header(header, descs)]
         frames.extend(inline)
@@ -209,6 +199,51 @@ class Publisher:
         st = self.stats.setdefault(self.topic(stream), TopicStats())
         st.messages += 1
         st.bytes += sum(d.nbytes for d in descs)
+
+    def _place(self, stream: str, arrays: Sequence[np.ndarray]) -> list[envelope.ShmRef | None]:
+        """Put the message's shared-memory payloads in one slot, commit it, return the refs.
+
+        Loans from the pending slot stay where they are; other payloads of at least
+        ``zero_copy_min_bytes`` are copied in. Every payload of a message must lie in the same
+        slot, published by one commit: a payload left in another slot would keep that slot's
+        odd generation (an overrun for every reader), and a ring growing between two payloads
+        would unlink the segment holding the first.
+        """
+        ring = self._rings.get(stream)
+        refs = [ring.owns(a) if ring is not None else None for a in arrays]
+        to_copy = {
+            i
+            for i, a in enumerate(arrays)
+            if refs[i] is None and a.nbytes >= self.options.zero_copy_min_bytes
+        }
+        if to_copy:
+            try:
+                ring = self._ring(stream)
+                need = footprint(arrays[i].nbytes for i in to_copy)
+                if any(r is not None for r in refs) and not ring.fits(need):
+                    # The slot holding the loans has no room for the rest: move the whole
+                    # message to a fresh slot (the loans' slot stays intact meanwhile, as the
+                    # fresh one is another slot or another segment).
+                    to_copy |= {i for i, r in enumerate(refs) if r is not None}
+                    refs = [None] * len(arrays)
+                    need = footprint(arrays[i].nbytes for i in to_copy)
+                    ring.reserve(need)
+                elif not ring.fits(need):
+                    ring.reserve(need)
+                for i in sorted(to_copy):
+                    refs[i] = ring.write(np.ascontiguousarray(arrays[i]))
+            except ShmUnavailableError as exc:
+                self._fallback(exc)
+                if ring is not None:
+                    ring.abandon()
+                return [None] * len(arrays)  # loans are ordinary memory: send all inline
+        if ring is None:
+            return refs
+        if any(r is not None for r in refs):
+            gen = ring.commit()
+            return [None if r is None else _with_gen(r, gen) for r in refs]
+        ring.abandon()  # loans taken but not sent: their slot is not published
+        return refs
 
     @property
     def socket(self) -> zmq.Socket[Any]:
@@ -367,8 +402,9 @@ class Subscriber:
         self._last_seq[topic] = seq
 
     def close(self) -> None:
-        """Close the socket."""
+        """Close the socket and drop the shared-memory mappings (views handed out stay valid)."""
         self._sock.close(linger=0)
+        self._shm.close()
 
     def __enter__(self) -> Subscriber:
         return self

@@ -8,13 +8,18 @@ A keys folder, made by ``edgefuse keys generate DIR``, holds::
 
 Publishers are CURVE servers and run a ZAP authenticator that admits only clients whose
 public key is in ``authorized/``; a subscriber with another key never completes the
-handshake and receives nothing.
+handshake and receives nothing. The allow-list is read when the publisher starts.
+
+A subscriber on another host needs only ``server.key`` (public) and its own client pair,
+never ``server.key_secret``.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,8 +45,12 @@ class CurveKeys:
     def load(cls, keys_dir: str | os.PathLike[str], *, client: str = "client") -> CurveKeys:
         """Read a keys folder; ``client`` names the client key pair to use."""
         root = Path(keys_dir)
+        # A remote subscriber is given only the server's public key: fall back to it.
+        server_file = root / "server.key_secret"
+        if not server_file.exists() and (root / "server.key").exists():
+            server_file = root / "server.key"
         try:
-            server_public, server_secret = zmq.auth.load_certificate(root / "server.key_secret")
+            server_public, server_secret = zmq.auth.load_certificate(server_file)
             client_public, client_secret = zmq.auth.load_certificate(root / f"{client}.key_secret")
         except (OSError, ValueError) as exc:
             raise TransportError(
@@ -64,6 +73,9 @@ def generate_keys(keys_dir: str | os.PathLike[str], *, client: str = "client") -
     written: list[Path] = []
     if not (root / "server.key_secret").exists():
         pub, sec = zmq.auth.create_certificates(root, "server")
+        # pyzmq writes with the process umask (usually world-readable): whoever reads the
+        # server secret can impersonate every publisher of the pipeline.
+        os.chmod(sec, 0o600)
         written += [Path(pub), Path(sec)]
     if (root / f"{client}.key_secret").exists():
         raise TransportError(f"client key {root / (client + '.key_secret')} already exists")
@@ -74,13 +86,55 @@ def generate_keys(keys_dir: str | os.PathLike[str], *, client: str = "client") -
     return written
 
 
-def make_server(socket: zmq.Socket[Any], keys: CurveKeys) -> ThreadAuthenticator:
+class ServerAuth:
+    """One CURVE server's use of its context's ZAP authenticator; :meth:`stop` releases it.
+
+    ZeroMQ allows one ZAP handler per context, so every CURVE server of a context shares one
+    authenticator thread (started by the first, stopped with the last), each server under
+    its own ZAP domain with its own allow-list.
+    """
+
+    _lock = threading.Lock()
+    _shared: dict[int, tuple[ThreadAuthenticator, int]] = {}
+    _domains = itertools.count()
+
+    def __init__(self, context: zmq.Context[Any], authorized_dir: Path) -> None:
+        self._key = id(context)
+        self.domain = f"edgefuse-{next(self._domains)}"
+        with self._lock:
+            auth, users = self._shared.get(self._key, (None, 0))
+            if auth is None:
+                auth = ThreadAuthenticator(context)
+                try:
+                    auth.start()
+                except (zmq.ZMQError, RuntimeError) as exc:
+                    auth.stop()
+                    raise TransportError(f"cannot start the CURVE authenticator: {exc}") from exc
+            auth.configure_curve(domain=self.domain, location=str(authorized_dir))
+            self._shared[self._key] = (auth, users + 1)
+        self._auth: ThreadAuthenticator | None = auth
+
+    def stop(self) -> None:
+        """Forget this server's allow-list; stop the thread when no server uses it any more."""
+        if self._auth is None:
+            return
+        with self._lock:
+            auth, users = self._shared[self._key]
+            auth.certs.pop(self.domain, None)
+            if users <= 1:
+                del self._shared[self._key]
+                auth.stop()
+            else:
+                self._shared[self._key] = (auth, users - 1)
+        self._auth = None
+
+
+def make_server(socket: zmq.Socket[Any], keys: CurveKeys) -> ServerAuth:
     """Turn ``socket`` (not yet bound) into a CURVE server guarded by the allow-list."""
     if keys.server_secret is None:
         raise TransportError("the server key pair has no secret key")
-    auth = ThreadAuthenticator(socket.context)
-    auth.start()
-    auth.configure_curve(domain="*", location=str(keys.authorized_dir))
+    auth = ServerAuth(socket.context, keys.authorized_dir)
+    socket.zap_domain = auth.domain.encode()
     socket.curve_secretkey = keys.server_secret
     socket.curve_publickey = keys.server_public
     socket.curve_server = True

@@ -19,9 +19,11 @@ import errno
 import mmap
 import os
 import re
+import secrets
+import stat
 import struct
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -46,10 +48,18 @@ def _round_up(n: int, to: int) -> int:
     return (n + to - 1) // to * to
 
 
-def segment_name(run_id: str, topic: str, pid: int, index: int) -> str:
-    """Name of a ring segment; the launcher removes every ``edgefuse.<run_id>.*`` on exit."""
+def segment_name(run_id: str, topic: str, pid: int, index: int, token: str = "") -> str:
+    """Name of a ring segment; the launcher removes every ``edgefuse.<run_id>.*`` on exit.
+
+    ``token`` tells apart rings that would otherwise share a name (see :class:`ShmRing`).
+    """
     safe = re.sub(r"[^A-Za-z0-9_-]", "-", topic)
-    return f"{PREFIX}{run_id}.{safe}.{pid}.{index}"
+    return f"{PREFIX}{run_id}.{safe}.{pid}.{token}{index}"
+
+
+def footprint(sizes: Iterable[int]) -> int:
+    """Bytes of one slot that payloads of ``sizes`` take, alignment included."""
+    return sum(_round_up(n, _ALIGN) for n in sizes)
 
 
 def list_segments(prefix: str = PREFIX) -> list[str]:
@@ -122,6 +132,11 @@ class ShmRing:
         self._next = 0
         self._generation = 0
         self._pending: Slot | None = None
+        # Readers cache mappings by segment name. A second ring for the same topic in the same
+        # process (a publisher re-created after close, or a reused pid) must not reuse a name,
+        # or a reader still holding the old, unlinked segment would serve its stale bytes as
+        # intact data whenever the generations happen to match.
+        self._token = secrets.token_hex(4) + "-"
 
     @property
     def segment(self) -> str | None:
@@ -129,7 +144,7 @@ class ShmRing:
         return None if self._segment is None else self._segment.name
 
     def _create(self, capacity: int) -> _Segment:
-        name = segment_name(self.run_id, self.topic, os.getpid(), self._made)
+        name = segment_name(self.run_id, self.topic, os.getpid(), self._made, self._token)
         self._made += 1
         size = _CONTROL_BYTES + capacity * self.slot_count
         path = os.path.join(SHM_DIR, name)
@@ -151,13 +166,26 @@ class ShmRing:
         _CONTROL.pack_into(mm, 0, _MAGIC, self.slot_count, capacity, os.getpid())
         return _Segment(name, mm, self.slot_count, capacity)
 
+    @property
+    def pending(self) -> bool:
+        """True while a slot is being filled (loans or writes not yet committed)."""
+        return self._pending is not None
+
+    def fits(self, nbytes: int) -> bool:
+        """True if the pending slot can still take ``nbytes`` more (alignment included)."""
+        p = self._pending
+        return p is not None and p.used + nbytes + _ALIGN <= p.data.nbytes
+
     def reserve(self, nbytes: int) -> Slot:
         """Start filling the next slot, able to hold at least ``nbytes``; mark it as being written.
 
-        If a slot is already pending (loans were taken), it is returned when it has room.
+        If a slot is already pending (loans were taken), it is returned when it has room;
+        otherwise it is abandoned. All payloads of one message must lie in one slot (one
+        commit publishes them), so a caller with several payloads reserves their
+        :func:`footprint` first.
         """
         if self._pending is not None:
-            if self._pending.used + nbytes + _ALIGN <= self._pending.data.nbytes:
+            if self.fits(nbytes):
                 return self._pending
             self.abandon()
         seg = self._segment
@@ -242,19 +270,30 @@ class ShmReader:
         if seg is not None:
             self._segments.move_to_end(name)
             return seg
-        if "/" in name or not name.startswith(PREFIX):
+        # The name comes off the wire: a NUL would make os.open raise ValueError.
+        if "/" in name or "\0" in name or not name.startswith(PREFIX):
             raise EnvelopeError("stale_shm", f"{name[:80]!r} is not an edgefuse segment name")
         try:
-            fd = os.open(os.path.join(SHM_DIR, name), os.O_RDONLY)
+            # O_NONBLOCK: a FIFO planted under the name must not block the reader forever;
+            # O_NOFOLLOW: a symlink must not expose another file as payload bytes.
+            fd = os.open(os.path.join(SHM_DIR, name), os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
         except OSError:
             raise EnvelopeError("stale_shm", f"segment {name} no longer exists") from None
         try:
-            size = os.fstat(fd).st_size
-            if size < _CONTROL_BYTES:
-                raise EnvelopeError("stale_shm", f"segment {name} is too small ({size} bytes)")
-            mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise EnvelopeError("stale_shm", f"{name} is not a shared-memory segment")
+            if st.st_size < _CONTROL_BYTES:
+                raise EnvelopeError(
+                    "stale_shm", f"segment {name} is too small ({st.st_size} bytes)"
+                )
+            try:
+                mm = mmap.mmap(fd, st.st_size, mmap.MAP_SHARED, mmap.PROT_READ)
+            except OSError as exc:
+                raise EnvelopeError("stale_shm", f"cannot map segment {name}: {exc}") from None
         finally:
             os.close(fd)
+        size = st.st_size
         magic, slot_count, capacity, _pid = _CONTROL.unpack_from(mm, 0)
         if (
             magic != _MAGIC
@@ -264,10 +303,24 @@ class ShmReader:
         ):
             raise EnvelopeError("stale_shm", f"segment {name} has no valid edgefuse ring header")
         seg = _Segment(name, mm, slot_count, capacity)
+        self._prune()
         self._segments[name] = seg
         while len(self._segments) > self._max:
             self._segments.popitem(last=False)
         return seg
+
+    def _prune(self) -> None:
+        # A new segment usually means a ring grew or a publisher restarted, which unlinks the
+        # old one. A mapping keeps an unlinked segment's memory allocated, so forget those
+        # (arrays still viewing them keep their own mapping alive). Messages of one topic
+        # arrive in order, so none will refer to the old segment after the new one.
+        for old in list(self._segments):
+            if not os.path.exists(os.path.join(SHM_DIR, old)):
+                del self._segments[old]
+
+    def close(self) -> None:
+        """Forget every mapped segment (arrays still viewing one keep it mapped)."""
+        self._segments.clear()
 
     def resolve(
         self, desc: PayloadDesc, generation: int, *, copy: bool
@@ -279,6 +332,12 @@ class ShmReader:
         """
         ref = desc.shm
         assert ref is not None
+        # A committed slot always has an even generation of 2 or more; 0 is a slot never
+        # written and an odd value one being written, whose bytes must never be served.
+        if generation <= 0 or generation % 2:
+            raise EnvelopeError(
+                "stale_shm", f"generation {generation} was never published (not even and > 0)"
+            )
         seg = self._open(ref.segment)
         slot = seg.slot_of(ref.offset)
         lo = _CONTROL_BYTES + slot * seg.capacity

@@ -1,0 +1,57 @@
+"""Shared fixtures: an isolated run folder per test, and leak checks for processes and /dev/shm."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point EDGEFUSE_RUN_DIR at a fresh folder so tests see only their own pipelines."""
+    d = tmp_path / "run"
+    monkeypatch.setenv("EDGEFUSE_RUN_DIR", str(d))
+    monkeypatch.chdir(REPO)  # node processes import test helper nodes from tests/
+    return d
+
+
+def child_pids(pid: int) -> set[int]:
+    """Every live descendant of ``pid`` (read from /proc)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] != "Z":
+            parents[int(entry)] = int(fields[1])
+    out: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {c for c, p in parents.items() if p in frontier} - out
+        out |= frontier
+    return out
+
+
+def edgefuse_segments() -> set[str]:
+    """Names of edgefuse shared-memory segments currently in /dev/shm."""
+    return {n for n in os.listdir("/dev/shm") if n.startswith("edgefuse.")}
+
+
+@pytest.fixture
+def no_leaks() -> Iterator[None]:
+    """Fail the test if it leaves edgefuse segments or child processes behind."""
+    before = edgefuse_segments()
+    yield
+    assert edgefuse_segments() - before == set(), "shared-memory segments leaked"
+    assert child_pids(os.getpid()) == set(), "child processes left running"

@@ -26,11 +26,13 @@ $(VENV)/.system-stamp:
 	@touch $@
 
 # torch is installed first and pinned to the CPU wheel: an unpinned torch pulls a CUDA build.
+# pip's output goes to .venv/setup.log; it is shown only when a step fails.
+PIP := $(PY) -m pip install -q --disable-pip-version-check
 $(VENV)/.deps-stamp: pyproject.toml $(VENV)/.system-stamp
-	$(PY) -m pip install -q --disable-pip-version-check --upgrade "pip>=24" 2>&1 | grep -v "^WARNING: Location" || true
-	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[$(EXTRAS)]" 2>&1 | grep -v "^WARNING: Location" || true
-	$(PY) -c "import edgefuse, zmq, cv2, torch, onnxruntime, pyaudio, open3d, zenoh, iceoryx2, pytest"
+	@echo "installing Python packages into $(VENV) (log: $(VENV)/setup.log)"
+	@( $(PIP) --upgrade "pip>=24" && $(PIP) torch==2.13.0 && $(PIP) -e ".[$(EXTRAS)]" ) \
+	  >$(VENV)/setup.log 2>&1 || { tail -40 $(VENV)/setup.log; exit 1; }
+	@$(PY) -c "import edgefuse, zmq, cv2, torch, onnxruntime, pyaudio, open3d, zenoh, iceoryx2, pytest"
 	@touch $@
 
 run: setup

@@ -65,6 +65,8 @@ def pattern_crc32(frame: np.ndarray) -> int:
 class TestPatternParams:
     """Parameters of :class:`TestPatternNode`."""
 
+    __test__ = False  # not a pytest class, despite the name
+
     width: int = 640
     height: int = 480
     rate_hz: float = 30.0

@@ -18,8 +18,11 @@ Layout of version 1 (little-endian)::
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 import struct
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -38,6 +41,8 @@ MAX_PAYLOADS: Final = 64
 MAX_PAYLOAD_BYTES: Final = 1 << 40
 #: dtype kinds allowed on the wire: bool, signed, unsigned, float, complex. Never object.
 _ALLOWED_KINDS: Final = frozenset("biufc")
+#: What a dtype string on the wire looks like: byte order, type letter(s), item size.
+_DTYPE_TEXT: Final = re.compile(r"[<>|=]?[A-Za-z?]+[0-9]*")
 
 _FIXED = struct.Struct("<BBHQqqqq")
 _U8 = struct.Struct("<B")
@@ -116,11 +121,25 @@ class Message:
         return sum(int(a.nbytes) for a in self.arrays)
 
 
+def _portable(dt: np.dtype[Any]) -> bool:
+    # Extended precision (float128/complex256) has a different layout on x86-64 and aarch64:
+    # a Jetson and a desktop would misread each other's bytes silently, so it stays off the wire.
+    return (
+        dt.kind in _ALLOWED_KINDS
+        and dt.fields is None
+        and dt.subdtype is None
+        and not (dt.kind == "f" and dt.itemsize > 8)
+        and not (dt.kind == "c" and dt.itemsize > 16)
+    )
+
+
 def wire_dtype(arr: np.ndarray) -> np.dtype[Any]:
     """Return ``arr``'s dtype if it can go on the wire, else raise ``EnvelopeError``."""
     dt = arr.dtype
-    if dt.kind not in _ALLOWED_KINDS or dt.fields is not None or dt.subdtype is not None:
-        raise EnvelopeError("bad_dtype", f"dtype {dt} cannot be sent (numeric and bool only)")
+    if not _portable(dt):
+        raise EnvelopeError(
+            "bad_dtype", f"dtype {dt} cannot be sent (bool, int, uint, float<=64, complex<=128)"
+        )
     return dt
 
 
@@ -200,12 +219,20 @@ class _Reader:
             raise EnvelopeError("bad_header", f"string field is not UTF-8: {exc}") from None
 
 
+@functools.lru_cache(maxsize=256)
 def _parse_dtype(text: str) -> np.dtype[Any]:
+    # numpy's parser takes far more than dtype names ("i4,f4", "(2,)u1", ...) and fails in
+    # assorted ways (SyntaxError for ",c16"): only text shaped like ``dtype.str`` reaches it.
+    # Cached: a stream carries a handful of dtypes, and failures are not cached.
+    if not _DTYPE_TEXT.fullmatch(text):
+        raise EnvelopeError("bad_dtype", f"unknown dtype {text!r}")
     try:
-        dt = np.dtype(text)
-    except (TypeError, ValueError):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # deprecated aliases ("a") are refused below anyway
+            dt = np.dtype(text)
+    except (TypeError, ValueError, SyntaxError):
         raise EnvelopeError("bad_dtype", f"unknown dtype {text!r}") from None
-    if dt.kind not in _ALLOWED_KINDS or dt.fields is not None or dt.subdtype is not None:
+    if not _portable(dt):
         raise EnvelopeError("bad_dtype", f"dtype {text!r} is not allowed on the wire")
     return dt
 
@@ -316,7 +343,8 @@ def encode(topic: str, header: Header, arrays: Sequence[np.ndarray]) -> list[Buf
 
     Arrays are passed as buffers, not copied; non-contiguous arrays are made contiguous first.
     """
-    contiguous = [np.ascontiguousarray(a) for a in arrays]
+    # ascontiguousarray turns a 0-d array into shape (1,): keep the caller's shape.
+    contiguous: list[np.ndarray] = [np.ascontiguousarray(a).reshape(a.shape) for a in arrays]
     descs = [PayloadDesc(wire_dtype(a), tuple(int(d) for d in a.shape)) for a in contiguous]
     frames: list[Buffer] = [topic.encode("utf-8"), encode_header(header, descs)]
     frames.extend(memoryview(a).cast("B") if a.nbytes else b"" for a in contiguous)

@@ -12,8 +12,13 @@ from tests.conftest import REPO
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edgefuse", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "edgefuse", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_version_and_help() -> None:
@@ -35,8 +40,13 @@ def test_keys_generate_layout_and_refuses_to_overwrite(tmp_path: Path) -> None:
     keys = tmp_path / "keys"
     r = cli("keys", "generate", str(keys))
     assert r.returncode == 0, r.stderr
-    for name in ("server.key", "server.key_secret", "client.key", "client.key_secret",
-                 "authorized/client.key"):
+    for name in (
+        "server.key",
+        "server.key_secret",
+        "client.key",
+        "client.key_secret",
+        "authorized/client.key",
+    ):
         assert (keys / name).is_file(), name
     assert stat.S_IMODE((keys / "client.key_secret").stat().st_mode) == 0o600
     server_before = (keys / "server.key_secret").read_bytes()

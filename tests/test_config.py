@@ -36,8 +36,9 @@ def build(text: str) -> Outer:
 
 def test_valid_round_trip_with_conversions() -> None:
     o = build("name: cam\nrate_hz: 15\nsize: [320, 240]\ntags: [a, b]\ninner: {mode: manual}\n")
-    assert o == Outer(name="cam", rate_hz=15.0, size=(320, 240), tags=["a", "b"],
-                      inner=Inner(mode="manual"))
+    assert o == Outer(
+        name="cam", rate_hz=15.0, size=(320, 240), tags=["a", "b"], inner=Inner(mode="manual")
+    )
     assert isinstance(o.rate_hz, float)
 
 
@@ -59,8 +60,11 @@ def test_wrong_type_says_what_was_expected() -> None:
 
 
 def test_nested_literal_and_tuple_errors() -> None:
-    with pytest.raises(ConfigError, match=r"cfg.yaml:3: inner.mode: expected one of 'auto', "
-                                          r"'manual', got 'fast'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"cfg.yaml:3: inner.mode: expected one of 'auto', "
+        r"'manual', got 'fast'",
+    ):
         build("name: cam\ninner:\n  mode: fast\n")
     with pytest.raises(ConfigError, match=r"size: expected a list of 2 items, got 3"):
         build("name: cam\nsize: [1, 2, 3]\n")

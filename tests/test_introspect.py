@@ -36,8 +36,10 @@ def running(request: pytest.FixtureRequest, run_dir: Path, tmp_path: Path) -> It
         transport = "{mode: tcp, keys: keys}"
     path = tmp_path / "p.yaml"
     path.write_text(PIPELINE.format(transport=transport))
-    proc = subprocess.Popen([sys.executable, "-m", "edgefuse", "run", str(path), "--status",
-                             "off", "--duration", "20"], cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgefuse", "run", str(path), "--status", "off", "--duration", "20"],
+        cwd=REPO,
+    )
     try:
         deadline = time.monotonic() + 15
         while not introspect.list_topics():
@@ -50,8 +52,13 @@ def running(request: pytest.FixtureRequest, run_dir: Path, tmp_path: Path) -> It
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edgefuse", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [sys.executable, "-m", "edgefuse", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 def test_topics_echo_hz(running: str) -> None:

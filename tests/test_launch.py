@@ -38,8 +38,9 @@ def launch(tmp_path: Path, text: str, duration_s: float) -> dict[str, Any]:
     path = tmp_path / "pipeline.yaml"
     path.write_text(text)
     report = tmp_path / "report.json"
-    code = Launcher(load_pipeline(path), duration_s=duration_s, report_path=report,
-                    status="off").run()
+    code = Launcher(
+        load_pipeline(path), duration_s=duration_s, report_path=report, status="off"
+    ).run()
     assert code == 0
     data: dict[str, Any] = json.loads(report.read_text())
     return data
@@ -114,7 +115,9 @@ def _spawn_cli(tmp_path: Path, text: str, *extra: str) -> subprocess.Popen[bytes
     path.write_text(text)
     return subprocess.Popen(
         [sys.executable, "-m", "edgefuse", "run", str(path), "--status", "plain", *extra],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
 
 
@@ -177,8 +180,14 @@ def test_killed_launcher_takes_its_nodes_along(tmp_path: Path) -> None:
 
 
 def test_cli_duration_and_report(tmp_path: Path) -> None:
-    proc = _spawn_cli(tmp_path, PATTERN.format(name="cli", transport="{mode: ipc}"),
-                      "--duration", "2.5", "--report", str(tmp_path / "r.json"))
+    proc = _spawn_cli(
+        tmp_path,
+        PATTERN.format(name="cli", transport="{mode: ipc}"),
+        "--duration",
+        "2.5",
+        "--report",
+        str(tmp_path / "r.json"),
+    )
     out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 0, out.decode()
     assert b"camera/image" in out and b"RATE Hz" in out
@@ -189,7 +198,12 @@ def test_cli_duration_and_report(tmp_path: Path) -> None:
 def test_cli_reports_config_errors_with_exit_code_2(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("nodes:\n  camera:\n    type: test_pattern\n    params: {fps: 30}\n")
-    r = subprocess.run([sys.executable, "-m", "edgefuse", "run", str(path)], cwd=REPO,
-                       capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [sys.executable, "-m", "edgefuse", "run", str(path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 2
     assert f"{path}:4: nodes.camera.params.fps: unknown key" in r.stderr

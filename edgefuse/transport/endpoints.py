@@ -24,8 +24,12 @@ class Endpoint:
             raise TransportError(f"endpoint {text!r}: expected ipc://PATH or tcp://HOST:PORT")
         if scheme == "tcp":
             host, colon, port = address.rpartition(":")
-            if not colon or not host or not (port == "*" or port.isdigit()):
-                raise TransportError(f"endpoint {text!r}: expected tcp://HOST:PORT")
+            # isdigit() alone accepts "²" and "٣"; a port is ASCII digits in 0..65535 or "*".
+            number = port.isascii() and port.isdigit() and len(port) <= 5 and int(port) < 65536
+            if not colon or not host or not (port == "*" or number):
+                raise TransportError(
+                    f"endpoint {text!r}: expected tcp://HOST:PORT (PORT a number up to 65535 or *)"
+                )
         return cls(scheme, address)
 
     def __str__(self) -> str:

@@ -287,22 +287,33 @@ class Subscriber:
         self.options = options or TransportOptions()
         self.copy = copy
         self.topics = frozenset(topics)
-        self._ctx = context or zmq.Context.instance()
-        self._sock: zmq.Socket[Any] = self._ctx.socket(zmq.SUB)
-        self._sock.rcvhwm = self.options.queue_depth
-        self._sock.linger = 0
+        # Parse first: a bad endpoint must not leave a socket behind.
         eps = [
             Endpoint.parse(e) for e in ([endpoints] if isinstance(endpoints, str) else endpoints)
         ]
-        if any(e.scheme == "tcp" for e in eps) and self.options.keys is not None:
-            make_client(self._sock, self.options.keys)
-        for topic in self.topics:
-            self._sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
-        for e in eps:
-            self._sock.connect(str(e))
+        self._ctx = context or zmq.Context.instance()
+        self._sock: zmq.Socket[Any] = self._ctx.socket(zmq.SUB)
+        self._sock.rcvhwm = self.options.queue_depth
+        # Reconnect quickly after a publisher restarts (ZeroMQ's default waits 100 ms and
+        # more): every frame published before the reconnect is lost to this subscriber.
+        self._sock.reconnect_ivl = 20
+        self._sock.reconnect_ivl_max = 500
+        self._sock.linger = 0
+        try:
+            if any(e.scheme == "tcp" for e in eps) and self.options.keys is not None:
+                make_client(self._sock, self.options.keys)
+            for topic in self.topics:
+                self._sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
+            for e in eps:
+                self._sock.connect(str(e))
+        except zmq.ZMQError as exc:
+            self._sock.close(linger=0)
+            raise TransportError(f"cannot connect to {eps}: {exc}") from exc
         self._shm = ShmReader()
         self._last_seq: dict[str, int] = {}
         self.stats: dict[str, TopicStats] = {t: TopicStats() for t in self.topics}
+        #: Well-formed messages on topics that merely start with a subscribed one.
+        self.ignored = 0
         #: Malformed messages whose topic could not be told (bad topic frame, foreign topic).
         self.unattributed = TopicStats()
         self._warn = _LogOnce()
@@ -333,6 +344,7 @@ class Subscriber:
         """Decode raw multipart frames; count and log anything wrong and return None for it."""
         now = time.monotonic_ns()
         topic = None
+        header: Header | None = None
         try:
             if len(frames) < 2:
                 raise EnvelopeError(
@@ -340,6 +352,11 @@ class Subscriber:
                 )
             topic = envelope.check_topic(frames[0])
             if topic not in self.topics:
+                if any(topic.startswith(t) for t in self.topics):
+                    # ZeroMQ filters by prefix: "camera/image" also admits "camera/image_raw".
+                    # Not ours, and nothing wrong with it: counted apart, not logged.
+                    self.ignored += 1
+                    return None
                 raise EnvelopeError("foreign_sender", f"unexpected topic {topic!r}")
             header, descs = envelope.decode_header(frames[1])
             if topic.partition("/")[2] != header.stream:
@@ -370,7 +387,11 @@ class Subscriber:
             else:
                 st.malformed[exc.kind] += 1
             self._warn(exc.kind, "dropped a message on %s: %s", topic or "?", exc)
-            self._count_seq(topic, header.seq if exc.kind == "overrun" else None)
+            # When the header was readable, its seq is consumed here: the loss is counted once,
+            # as malformed or overrun, not again as a gap in seq. A foreign sender's seq says
+            # nothing about this topic's stream.
+            ours = header is not None and exc.kind != "foreign_sender"
+            self._count_seq(topic, header.seq if ours and header is not None else None)
             return None
         self._count_seq(topic, header.seq)
         st = self.stats[topic]

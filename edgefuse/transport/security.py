@@ -20,6 +20,7 @@ import itertools
 import os
 import shutil
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,12 +105,7 @@ class ServerAuth:
         with self._lock:
             auth, users = self._shared.get(self._key, (None, 0))
             if auth is None:
-                auth = ThreadAuthenticator(context)
-                try:
-                    auth.start()
-                except (zmq.ZMQError, RuntimeError) as exc:
-                    auth.stop()
-                    raise TransportError(f"cannot start the CURVE authenticator: {exc}") from exc
+                auth = _start_authenticator(context)
             auth.configure_curve(domain=self.domain, location=str(authorized_dir))
             self._shared[self._key] = (auth, users + 1)
         self._auth: ThreadAuthenticator | None = auth
@@ -127,6 +123,23 @@ class ServerAuth:
             else:
                 self._shared[self._key] = (auth, users - 1)
         self._auth = None
+
+
+def _start_authenticator(context: zmq.Context[Any]) -> ThreadAuthenticator:
+    deadline = time.monotonic() + 2.0
+    while True:
+        auth = ThreadAuthenticator(context)
+        try:
+            auth.start()
+            return auth
+        except (zmq.ZMQError, RuntimeError) as exc:
+            auth.stop()
+            # ZeroMQ closes sockets asynchronously: the ZAP address of an authenticator stopped
+            # a moment ago (the last CURVE publisher closed) may still be taken. Retry briefly.
+            busy = isinstance(exc, zmq.ZMQError) and exc.errno == zmq.EADDRINUSE
+            if not busy or time.monotonic() > deadline:
+                raise TransportError(f"cannot start the CURVE authenticator: {exc}") from exc
+            time.sleep(0.01)
 
 
 def make_server(socket: zmq.Socket[Any], keys: CurveKeys) -> ServerAuth:

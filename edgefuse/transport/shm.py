@@ -293,13 +293,12 @@ class ShmReader:
                 raise EnvelopeError("stale_shm", f"cannot map segment {name}: {exc}") from None
         finally:
             os.close(fd)
-        size = st.st_size
         magic, slot_count, capacity, _pid = _CONTROL.unpack_from(mm, 0)
         if (
             magic != _MAGIC
             or not 0 < slot_count <= MAX_SLOTS
             or capacity <= 0
-            or _CONTROL_BYTES + slot_count * capacity > size
+            or _CONTROL_BYTES + slot_count * capacity > st.st_size
         ):
             raise EnvelopeError("stale_shm", f"segment {name} has no valid edgefuse ring header")
         seg = _Segment(name, mm, slot_count, capacity)

@@ -167,8 +167,8 @@ class NodeSpec:
     inputs: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
     control: str = ""
     run_id: str = "solo"
-    queue_depth: int = 8
-    shm_slots: int = 8
+    queue_depth: int = 16
+    shm_slots: int = 16
     keys_dir: str | None = None
     stats_period_s: float = 0.5
     parent_pid: int = 0

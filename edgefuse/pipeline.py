@@ -6,8 +6,8 @@
     transport:            # optional; these are the defaults
       mode: ipc           # ipc: same host, shared memory for large payloads; tcp: inline
       bind_host: 127.0.0.1
-      queue_depth: 8
-      shm_slots: 8
+      queue_depth: 16
+      shm_slots: 16
       keys: null          # a folder from `edgefuse keys generate` turns on CURVE for tcp
     nodes:
       camera:
@@ -44,8 +44,8 @@ class TransportConfig:
     bind_host: str = "127.0.0.1"
     #: First tcp port (one per publishing node); 0 picks free ports.
     base_port: int = 0
-    queue_depth: int = 8
-    shm_slots: int = 8
+    queue_depth: int = 16
+    shm_slots: int = 16
     keys: str | None = None
 
     def __post_init__(self) -> None:

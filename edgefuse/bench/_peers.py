@@ -35,10 +35,12 @@ TRANSPORTS: Final = (
 #: Messages a peer may queue, on each side where it has a queue: edgefuse's default
 #: high-water mark, applied to every peer so that none buys throughput with deeper queues.
 QUEUE_DEPTH: Final = 8
-#: Buffers a zero-copy sender rotates through: a buffer handed to ZeroMQ without copying is
-#: read by its I/O thread after the send call returns, so it is rewritten only once the
-#: high-water mark guarantees it has left (or been dropped).
-ZERO_COPY_POOL: Final = 2 * QUEUE_DEPTH
+#: Buffers the pyzmq zero-copy sender rotates through. ZeroMQ reads a buffer sent without
+#: copying from its I/O thread after the send call returns, and (measured here) can still be
+#: reading it dozens of sends later even with a high-water mark of 8; so each buffer is
+#: reused only once its MessageTracker says ZeroMQ has let go of it.
+ZERO_COPY_POOL: Final = 16
+_TRACKER_WAIT_S: Final = 10.0
 _NODE: Final = "bench"
 _STREAM: Final = "payload"
 _ZMQ_TOPIC: Final = b"bench/payload"
@@ -138,9 +140,12 @@ class Receiver:
 class EdgefuseSender(Sender):
     """edgefuse's :class:`~edgefuse.transport.Publisher`, in one of three ways of publishing.
 
-    ``loan``: the payload is filled in place in the shared-memory ring (zero copy);
-    ``copy``: an existing array is published (one memcpy into the ring); ``pool``: existing
-    arrays on tcp, sent inline without copying (rotating buffers, see :data:`ZERO_COPY_POOL`).
+    ``loan``: the payload is filled in place in the shared-memory ring (zero copy; the slot
+    is reused memory, so only the markers are written). ``copy``: an existing array is
+    published (one memcpy into the ring). ``fresh``: on tcp, ``loan`` returns a new heap
+    array per message, which the producer fills from its frame before the stamp; it is then
+    sent inline without copying. (A reused array cannot be sent that way: edgefuse offers no
+    signal for when ZeroMQ has finished reading it.)
     """
 
     def __init__(self, spec: CellSpec, mode: str) -> None:
@@ -148,14 +153,18 @@ class EdgefuseSender(Sender):
         self.shape = spec.shape
         opts = TransportOptions(run_id=spec.run_id, queue_depth=QUEUE_DEPTH)
         self.pub = Publisher(spec.endpoint, node=_NODE, options=opts)
-        n = ZERO_COPY_POOL if mode == "pool" else 1
-        self.frames = [] if mode == "loan" else [filled(spec.shape) for _ in range(n)]
+        self.frame = None if mode == "loan" else filled(spec.shape)
+        if mode == "fresh":
+            self.note = "fresh array per message (tcp loan), filled from the frame before the stamp"
 
     def send(self, kind: int, seq: int) -> int:
-        if self.mode == "loan":
-            arr = self.pub.loan(_STREAM, self.shape, np.uint8)
+        if self.mode == "copy":
+            assert self.frame is not None
+            arr = self.frame
         else:
-            arr = self.frames[seq % len(self.frames)]
+            arr = self.pub.loan(_STREAM, self.shape, np.uint8)
+            if self.frame is not None:
+                np.copyto(arr, self.frame)
         stamp(words(arr), kind, seq)
         t_ns = time.monotonic_ns()
         self.pub.publish(_STREAM, [arr], t_sensor_ns=t_ns)
@@ -172,26 +181,50 @@ class EdgefuseReceiver(Receiver):
         opts = TransportOptions(run_id=spec.run_id, queue_depth=QUEUE_DEPTH)
         self.topic = f"{_NODE}/{_STREAM}"
         self.sub = Subscriber(spec.endpoint, [self.topic], options=opts)
+        #: Per message: the send stamp to edgefuse's own t_pub_ns (taken inside publish just
+        #: before the socket send) and the total; with the subscriber's t_pub_ns-to-decode
+        #: samples they split the latency into publish, ZeroMQ hop and decode.
+        self.publish_ns: list[int] = []
+        self.total_ns: list[int] = []
 
     def recv(self, timeout_ms: int) -> Got | None:
         msg = self.sub.recv(timeout_ms)
         if msg is None:
             return None
         t_ns = time.monotonic_ns()
-        return Got(
-            words(msg.arrays[0]), msg.header.t_sensor_ns, t_ns, msg.header.seq, msg.intact
-        )
+        h = msg.header
+        self.publish_ns.append(h.t_pub_ns - h.t_sensor_ns)
+        self.total_ns.append(t_ns - h.t_sensor_ns)
+        return Got(words(msg.arrays[0]), h.t_sensor_ns, t_ns, h.seq, msg.intact)
 
     def detail(self) -> dict[str, Any]:
         st = self.sub.stats[self.topic]
-        return {"overruns": st.overruns, "dropped": st.dropped, "malformed": dict(st.malformed)}
+        # Medians over every message received (probes and warm-up included): a breakdown of
+        # where the time goes, not the measured latency itself.
+        publish = float(np.median(self.publish_ns)) if self.publish_ns else 0.0
+        hop = float(np.median(st.latency_ns)) if st.latency_ns else 0.0
+        total = float(np.median(self.total_ns)) if self.total_ns else 0.0
+        return {
+            "overruns": st.overruns,
+            "dropped": st.dropped,
+            "malformed": dict(st.malformed),
+            "breakdown_p50_ms": {
+                "publish": round(publish / 1e6, 4),
+                "zmq_hop": round(hop / 1e6, 4),
+                "decode_and_rest": round(max(0.0, total - publish - hop) / 1e6, 4),
+            },
+        }
 
     def close(self) -> None:
         self.sub.close()
 
 
 class ZmqSender(Sender):
-    """Plain pyzmq PUB over ipc: ``send_multipart([topic, payload], copy=...)``."""
+    """Plain pyzmq PUB over ipc: ``send_multipart([topic, payload], copy=...)``.
+
+    Without copying, buffers rotate through a pool guarded by MessageTrackers (waiting for a
+    free buffer happens before the stamp, as a producer would wait for one).
+    """
 
     def __init__(self, spec: CellSpec, *, copy: bool) -> None:
         self.copy = copy
@@ -203,14 +236,25 @@ class ZmqSender(Sender):
         n = 1 if copy else ZERO_COPY_POOL
         self.frames = [filled((spec.nbytes,)) for _ in range(n)]
         self.words = [words(f) for f in self.frames]
+        self.trackers: list[zmq.MessageTracker | None] = [None] * n
+        if not copy:
+            self.note = f"{n} buffers reused once their MessageTracker is done"
 
     def send(self, kind: int, seq: int) -> int:
         i = seq % len(self.frames)
+        tracker = self.trackers[i]
+        if tracker is not None and not tracker.done:
+            tracker.wait(_TRACKER_WAIT_S)
         w = self.words[i]
         stamp(w, kind, seq)
         t_ns = time.monotonic_ns()
         w[2] = t_ns
-        self.sock.send_multipart([_ZMQ_TOPIC, self.frames[i]], copy=self.copy)
+        if self.copy:
+            self.sock.send_multipart([_ZMQ_TOPIC, self.frames[i]])
+        else:
+            self.trackers[i] = self.sock.send_multipart(
+                [_ZMQ_TOPIC, self.frames[i]], copy=False, track=True
+            )
         return t_ns
 
     def close(self) -> None:
@@ -254,7 +298,7 @@ def make_sender(spec: CellSpec) -> Sender:
     if t == "edgefuse-shm-copy":
         return EdgefuseSender(spec, "copy")
     if t == "edgefuse-tcp":
-        return EdgefuseSender(spec, "pool")
+        return EdgefuseSender(spec, "fresh")
     if t in ("pyzmq-copy", "pyzmq-zerocopy"):
         return ZmqSender(spec, copy=t == "pyzmq-copy")
     if t == "zenoh":

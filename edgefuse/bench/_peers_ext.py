@@ -50,8 +50,9 @@ class ZenohSender(Sender):
 
         self.zenoh = zenoh
         self.nbytes = spec.nbytes
-        self.session = zenoh.open(_zenoh_config(zenoh, connect=spec.port))
-        self.pub = self.session.declare_publisher(_KEY, express=True)
+        # Typed as Any: the binding's stubs leave close() and undeclare() unannotated.
+        self.session: Any = zenoh.open(_zenoh_config(zenoh, connect=spec.port))
+        self.pub: Any = self.session.declare_publisher(_KEY, express=True)
         self.frame = bytearray(spec.nbytes)
         view = np.frombuffer(self.frame, dtype=np.uint8)
         view[:] = filled((spec.nbytes,))
@@ -59,9 +60,7 @@ class ZenohSender(Sender):
         self.provider: Any = None
         try:
             # Room for every buffer the receiver's queue and the link can hold, plus spares.
-            self.provider = zenoh.shm.ShmProvider.default_backend(
-                spec.nbytes * (QUEUE_DEPTH + 4)
-            )
+            self.provider = zenoh.shm.ShmProvider.default_backend(spec.nbytes * (QUEUE_DEPTH + 4))
             self.policy = zenoh.shm.BlockOn(zenoh.shm.GarbageCollect())
             self.note = "SHM provider; sender copies its frame into the SHM buffer before the stamp"
         except Exception as exc:  # the SHM feature missing from this build: say so, go on
@@ -92,13 +91,13 @@ class ZenohReceiver(Receiver):
     def __init__(self, spec: CellSpec) -> None:
         import zenoh
 
-        self.session = zenoh.open(_zenoh_config(zenoh, listen=spec.port))
+        self.session: Any = zenoh.open(_zenoh_config(zenoh, listen=spec.port))
         self.queue: queue.SimpleQueue[tuple[np.ndarray, int, bool]] = queue.SimpleQueue()
         self.samples = 0
         self.shm_samples = 0
         # A callback runs on zenoh's receive thread as soon as a sample arrives, so the stamp
         # is not delayed by this process's main loop (as a polled channel's would be).
-        self.sub = self.session.declare_subscriber(_KEY, self._on_sample)
+        self.sub: Any = self.session.declare_subscriber(_KEY, self._on_sample)
 
     def _on_sample(self, sample: Any) -> None:
         payload = sample.payload

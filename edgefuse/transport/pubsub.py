@@ -35,13 +35,15 @@ log = logging.getLogger(__name__)
 class TransportOptions:
     """How a node's sockets behave; the launcher fills it from the pipeline's ``transport``."""
 
-    #: Messages queued per peer before the oldest are dropped (ZeroMQ high-water mark).
-    queue_depth: int = 8
+    #: Messages queued per peer before new ones are dropped (ZeroMQ high-water mark). libzmq
+    #: accounts for sent messages lazily, so a burst of more than this many sends within about
+    #: a millisecond is cut even when the subscriber keeps up: leave room for bursts.
+    queue_depth: int = 16
     #: ``auto``: shared memory on ipc:// endpoints; ``never``: always inline.
     shm: Literal["auto", "never"] = "auto"
     #: Slots per shared-memory ring: a reader must finish with a message before this many newer
     #: ones are published on the same topic, or its read counts as an overrun.
-    shm_slots: int = 8
+    shm_slots: int = 16
     zero_copy_min_bytes: int = envelope.ZERO_COPY_MIN_BYTES
     #: CURVE keys for tcp:// endpoints (None: plain tcp, loopback unless configured otherwise).
     keys: CurveKeys | None = None

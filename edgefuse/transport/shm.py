@@ -277,8 +277,13 @@ class ShmReader:
             # O_NONBLOCK: a FIFO planted under the name must not block the reader forever;
             # O_NOFOLLOW: a symlink must not expose another file as payload bytes.
             fd = os.open(os.path.join(SHM_DIR, name), os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
-        except OSError:
+        except FileNotFoundError:
             raise EnvelopeError("stale_shm", f"segment {name} no longer exists") from None
+        except OSError as exc:
+            # Not "gone": permissions, fd exhaustion, a refused symlink. Say which.
+            raise EnvelopeError(
+                "stale_shm", f"segment {name} cannot be opened: {exc.strerror or exc}"
+            ) from None
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):

@@ -1,0 +1,143 @@
+"""``edgefuse bench ...``: the command line of the benchmarks.
+
+``main(argv)`` takes everything after ``edgefuse bench``. The one benchmark so far::
+
+    edgefuse bench transport [--json] [--out FILE] [--quick] [--sizes 1KiB,6.2MiB]
+                             [--transports edgefuse-shm,zenoh] [--rates 30,max]
+                             [--messages N] [--max-seconds S] [--warmup N] [--markdown]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from typing import Any
+
+from edgefuse.bench import _report, transport
+from edgefuse.bench._payload import parse_size
+from edgefuse.bench._peers import TRANSPORTS
+
+
+def _csv(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgefuse bench", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="bench", required=True)
+    t = sub.add_parser(
+        "transport",
+        help="pub->sub latency and throughput across processes, edgefuse and peers",
+        description=(
+            "Publisher and subscriber in separate processes; latency from the sender's "
+            "monotonic stamp just before the send call to the receiver's when the payload is "
+            "a numpy array. Progress goes to stderr."
+        ),
+    )
+    t.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    t.add_argument("--markdown", action="store_true", help="print markdown tables on stdout")
+    t.add_argument("--out", metavar="FILE", help="also write the JSON document to FILE")
+    t.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"a run of seconds (sizes {','.join(transport.QUICK_SIZES)}, "
+        f"{transport.QUICK_MESSAGES} messages per cell), for tests",
+    )
+    t.add_argument(
+        "--sizes",
+        type=_csv,
+        help=f"comma list of sizes (default {','.join(transport.DEFAULT_SIZES)})",
+    )
+    t.add_argument(
+        "--transports", type=_csv, help=f"comma list (default all: {','.join(TRANSPORTS)})"
+    )
+    t.add_argument("--rates", type=_csv, help="comma list of Hz or 'max' (default 30,max)")
+    t.add_argument(
+        "--messages",
+        type=int,
+        help=f"measured messages per fixed-rate cell (default {transport.DEFAULT_MESSAGES})",
+    )
+    t.add_argument(
+        "--max-seconds",
+        type=float,
+        help=f"seconds of sending per max-rate cell (default {transport.DEFAULT_MAX_SECONDS})",
+    )
+    t.add_argument(
+        "--warmup",
+        type=int,
+        help=f"discarded messages before the measured ones (default {transport.DEFAULT_WARMUP})",
+    )
+    t.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    return parser
+
+
+def _config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> transport.BenchConfig:
+    quick = bool(args.quick)
+    try:
+        sizes = tuple(
+            parse_size(s)
+            for s in (args.sizes or (transport.QUICK_SIZES if quick else transport.DEFAULT_SIZES))
+        )
+        rates = tuple(transport.parse_rate(r) for r in (args.rates or transport.DEFAULT_RATES))
+    except ValueError as exc:
+        parser.error(str(exc))
+    names = tuple(args.transports or TRANSPORTS)
+    unknown = [n for n in names if n not in TRANSPORTS]
+    if unknown:
+        parser.error(f"unknown transport(s) {', '.join(unknown)}; known: {', '.join(TRANSPORTS)}")
+
+    def pick(value: Any, quick_value: Any, default: Any) -> Any:
+        return value if value is not None else (quick_value if quick else default)
+
+    messages = int(pick(args.messages, transport.QUICK_MESSAGES, transport.DEFAULT_MESSAGES))
+    max_seconds = float(
+        pick(args.max_seconds, transport.QUICK_MAX_SECONDS, transport.DEFAULT_MAX_SECONDS)
+    )
+    warmup = int(pick(args.warmup, transport.QUICK_WARMUP, transport.DEFAULT_WARMUP))
+    if messages < 1 or max_seconds <= 0 or warmup < 0:
+        parser.error("--messages must be >= 1, --max-seconds > 0 and --warmup >= 0")
+    return transport.BenchConfig(
+        transports=tuple(dict.fromkeys(names)),
+        sizes=tuple({s.name: s for s in sizes}.values()),
+        rates_hz=tuple(dict.fromkeys(rates)),
+        messages=messages,
+        max_seconds=max_seconds,
+        warmup=warmup,
+    )
+
+
+def main(argv: list[str]) -> int:
+    """Run ``edgefuse bench`` with ``argv`` (what follows ``bench``); return the exit status.
+
+    The status is 0 when the run completed, 1 when any payload arrived corrupt (a benchmark
+    never passes on corrupt data), 2 for a usage error. Goals not met do not fail the run:
+    they are measured facts, reported in the output.
+    """
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+        cfg = _config(args, parser)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else 2
+    command = shlex.join(["edgefuse", "bench", *argv])
+    progress = None if args.quiet else _progress
+    if progress is not None:
+        progress(f"{command}: about {transport.estimate_seconds(cfg):.0f} s")
+    doc = transport.run(cfg, command=command, progress=progress)
+    text = json.dumps(doc, indent=2)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    if args.json:
+        print(text)
+    elif args.markdown:
+        print(_report.format_markdown(doc))
+    else:
+        print(_report.format_table(doc))
+    return 1 if doc["summary"]["corrupt_total"] else 0
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)

@@ -151,7 +151,7 @@ class EdgefuseSender(Sender):
     def __init__(self, spec: CellSpec, mode: str) -> None:
         self.mode = mode
         self.shape = spec.shape
-        opts = TransportOptions(run_id=spec.run_id, queue_depth=QUEUE_DEPTH)
+        opts = TransportOptions(run_id=spec.run_id, queue_depth=QUEUE_DEPTH, shm_slots=QUEUE_DEPTH)
         self.pub = Publisher(spec.endpoint, node=_NODE, options=opts)
         self.frame = None if mode == "loan" else filled(spec.shape)
         if mode == "fresh":
@@ -178,7 +178,7 @@ class EdgefuseReceiver(Receiver):
     """edgefuse's :class:`~edgefuse.transport.Subscriber` (zero-copy views, as nodes get them)."""
 
     def __init__(self, spec: CellSpec) -> None:
-        opts = TransportOptions(run_id=spec.run_id, queue_depth=QUEUE_DEPTH)
+        opts = TransportOptions(run_id=spec.run_id, queue_depth=QUEUE_DEPTH, shm_slots=QUEUE_DEPTH)
         self.topic = f"{_NODE}/{_STREAM}"
         self.sub = Subscriber(spec.endpoint, [self.topic], options=opts)
         #: Per message: the send stamp to edgefuse's own t_pub_ns (taken inside publish just

@@ -21,20 +21,24 @@ def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return d
 
 
-def child_pids(pid: int) -> set[int]:
-    """Every live descendant of ``pid`` (read from /proc)."""
-    parents: dict[int, int] = {}
+def process_table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, state letter) of every process, read from /proc."""
+    table: dict[int, tuple[int, str]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
+                fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] != "Z":
-            parents[int(entry)] = int(fields[1])
+        table[int(entry)] = (int(fields[1]), fields[0])
+    return table
+
+
+def child_pids(pid: int) -> set[int]:
+    """Every live (non-zombie) descendant of ``pid``."""
+    parents = {c: pp for c, (pp, state) in process_table().items() if state != "Z"}
     out: set[int] = set()
     frontier = {pid}
     while frontier:

@@ -29,6 +29,7 @@ from edgefuse.bench._payload import (
 )
 from edgefuse.bench.cli import main
 from edgefuse.transport.shm import list_segments
+from tests.conftest import process_table
 
 REPO = Path(__file__).resolve().parents[2]
 RESULT_KEYS = {
@@ -51,18 +52,7 @@ RESULT_KEYS = {
 def _children() -> set[int]:
     """Live (non-zombie) child processes of this test process."""
     me = os.getpid()
-    out = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[1]) == me:
-            out.add(int(entry))
-    return out
+    return {pid for pid, (ppid, state) in process_table().items() if ppid == me and state != "Z"}
 
 
 def _run(tmp_path: Path, *args: str) -> dict[str, Any]:

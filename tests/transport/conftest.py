@@ -27,6 +27,7 @@ import pytest
 from edgefuse.envelope import Message
 from edgefuse.transport import Publisher, Subscriber, TransportOptions
 from edgefuse.transport.endpoints import free_tcp_port
+from tests.conftest import process_table
 
 SHM_DIR = "/dev/shm"
 #: How long a test waits for anything a healthy child does in well under a second.
@@ -58,20 +59,9 @@ def edgefuse_segments() -> set[str]:
 
 
 def direct_children() -> list[tuple[int, str]]:
-    """(pid, state) of every process whose parent is this one, read from /proc."""
+    """(pid, state) of every process whose parent is this one."""
     me = os.getpid()
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == me:
-            out.append((int(entry), fields[0]))
-    return out
+    return [(pid, state) for pid, (ppid, state) in process_table().items() if ppid == me]
 
 
 def open_fds() -> int:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +21,17 @@ def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("EDGEFUSE_RUN_DIR", str(d))
     monkeypatch.chdir(REPO)  # node processes import test helper nodes from tests/
     return d
+
+
+def edgefuse_cli(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m edgefuse ARGS`` from the repository root; capture text output."""
+    return subprocess.run(
+        [sys.executable, "-m", "edgefuse", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
 
 
 def process_table() -> dict[int, tuple[int, str]]:

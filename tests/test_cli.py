@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 from edgefuse import __version__
-from tests.conftest import REPO
+from tests.conftest import edgefuse_cli
 
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "edgefuse", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+cli = edgefuse_cli
 
 
 def test_version_and_help() -> None:

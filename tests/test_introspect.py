@@ -14,7 +14,7 @@ import pytest
 
 from edgefuse import introspect
 from edgefuse.transport import generate_keys
-from tests.conftest import REPO
+from tests.conftest import REPO, edgefuse_cli
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -51,14 +51,7 @@ def running(request: pytest.FixtureRequest, run_dir: Path, tmp_path: Path) -> It
         proc.wait(timeout=5)
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "edgefuse", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+cli = edgefuse_cli
 
 
 def test_topics_echo_hz(running: str) -> None:

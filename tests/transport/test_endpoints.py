@@ -16,7 +16,7 @@ from edgefuse.transport.endpoints import free_tcp_port
 @pytest.mark.parametrize(
     ("text", "scheme", "address", "host"),
     [
-        ("ipc:///tmp/edgefuse/cam.ipc", "ipc", "/tmp/edgefuse/cam.ipc", ""),
+        ("ipc:///run/ef/cam.ipc", "ipc", "/run/ef/cam.ipc", ""),
         ("ipc://@abstract", "ipc", "@abstract", ""),
         ("tcp://127.0.0.1:5555", "tcp", "127.0.0.1:5555", "127.0.0.1"),
         ("tcp://*:*", "tcp", "*:*", "*"),

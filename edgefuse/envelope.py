@@ -357,23 +357,28 @@ def decode(frames: Sequence[Buffer]) -> Message:
         raise EnvelopeError("truncated", f"{len(frames)} frame(s); a message has at least 2")
     topic = check_topic(frames[0])
     header, descs = decode_header(frames[1])
-    _check_stream(topic, header)
-    inline = [d for d in descs if d.shm is None]
-    if len(inline) != len(frames) - 2:
-        raise EnvelopeError(
-            "truncated" if len(frames) - 2 < len(inline) else "size_mismatch",
-            f"header announces {len(inline)} inline payload(s), message has {len(frames) - 2}",
-        )
-    if len(inline) != len(descs):
+    check_layout(topic, header, descs, n_payload_frames=len(frames) - 2)
+    if any(d.shm is not None for d in descs):
         raise EnvelopeError("stale_shm", "shared-memory payloads need a transport to resolve")
     arrays = [array_from_buffer(d, f) for d, f in zip(descs, frames[2:], strict=True)]
     return Message(topic, header, arrays)
 
 
-def _check_stream(topic: str, header: Header) -> None:
-    # A header whose stream disagrees with the topic it was published on came from a foreign
-    # or confused sender: refuse it rather than let it pass as the topic's data.
+def check_layout(
+    topic: str, header: Header, descs: Sequence[PayloadDesc], *, n_payload_frames: int
+) -> None:
+    """Check that a decoded header belongs to ``topic`` and matches the frames that came with it.
+
+    A header whose stream disagrees with the topic it was published on came from a foreign or
+    confused sender: it is refused rather than passed off as the topic's data.
+    """
     if topic.partition("/")[2] != header.stream:
         raise EnvelopeError(
             "foreign_sender", f"header stream {header.stream!r} does not match topic {topic!r}"
+        )
+    n_inline = sum(1 for d in descs if d.shm is None)
+    if n_inline != n_payload_frames:
+        raise EnvelopeError(
+            "truncated" if n_payload_frames < n_inline else "size_mismatch",
+            f"header announces {n_inline} inline payload(s), message has {n_payload_frames}",
         )

@@ -184,21 +184,20 @@ class Publisher:
                 c = np.ascontiguousarray(arr)
                 descs.append(PayloadDesc(dt, shape))
                 inline.append(memoryview(c).cast("B") if c.nbytes else b"")
+        topic = self.topic(stream)
         header.t_pub_ns = time.monotonic_ns()
-        frames: list[Buffer] = [self.topic(stream).encode(), envelope.encode_header(header, descs)]
+        frames: list[Buffer] = [topic.encode(), envelope.encode_header(header, descs)]
         frames.extend(inline)
         last = len(frames) - 1
-        nbytes = 0
         for i, f in enumerate(frames):
-            size = len(f) if not isinstance(f, memoryview) else f.nbytes
-            nbytes += size
+            size = f.nbytes if isinstance(f, memoryview) else len(f)
             self._sock.send(
                 f,
                 flags=zmq.SNDMORE if i < last else 0,
                 copy=size < self.options.zero_copy_min_bytes,
             )
         self._seq[stream] = header.seq + 1
-        st = self.stats.setdefault(self.topic(stream), TopicStats())
+        st = self.stats.setdefault(topic, TopicStats())
         st.messages += 1
         st.bytes += sum(d.nbytes for d in descs)
 
@@ -361,17 +360,7 @@ class Subscriber:
                     return None
                 raise EnvelopeError("foreign_sender", f"unexpected topic {topic!r}")
             header, descs = envelope.decode_header(frames[1])
-            if topic.partition("/")[2] != header.stream:
-                raise EnvelopeError(
-                    "foreign_sender",
-                    f"header stream {header.stream!r} does not match topic {topic!r}",
-                )
-            n_inline = sum(1 for d in descs if d.shm is None)
-            if n_inline != len(frames) - 2:
-                raise EnvelopeError(
-                    "truncated" if len(frames) - 2 < n_inline else "size_mismatch",
-                    f"header announces {n_inline} inline payload(s), message has {len(frames) - 2}",
-                )
+            envelope.check_layout(topic, header, descs, n_payload_frames=len(frames) - 2)
             arrays: list[np.ndarray] = []
             checks = []
             inline = iter(frames[2:])

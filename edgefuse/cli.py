@@ -131,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--client", default="client", help="name of the client key pair to add")
     gen.set_defaults(fn=_cmd_keys)
 
+    from edgefuse.sim.cli import register as register_sim
+
+    register_sim(sub)
+
     bench = sub.add_parser(
         "bench", help="benchmarks (edgefuse bench transport --json)", add_help=False
     )

@@ -107,6 +107,11 @@ def _convert(tp: Any, value: Any, path: KeyPath, src: Source) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
+        alternatives = [a for a in args if a is not type(None)]
+        if len(alternatives) == 1:
+            # ``X | None``: X's own error (e.g. a typo deep inside a nested dataclass) is the
+            # useful one.
+            return _convert(alternatives[0], value, path, src)
         errors = []
         for a in args:
             if a is type(None):

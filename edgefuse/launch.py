@@ -92,6 +92,9 @@ class Launcher:
         self._ctx: zmq.Context[Any] = zmq.Context()
         self._control: zmq.Socket[Any] | None = None
         self._nodes: dict[str, _NodeProc] = {}
+        #: Host ``time.monotonic_ns()`` when :meth:`run` started: the run epoch every node
+        #: (restarted ones too) receives in its spec, as :attr:`Node.run_start_ns`.
+        self.run_start_ns = 0
 
     # --- set-up ------------------------------------------------------------------------
     def _endpoints(self) -> dict[str, str]:
@@ -139,7 +142,8 @@ class Launcher:
             spec = NodeSpec(
                 name=n.name,
                 type=n.config.type,
-                params=dict(n.config.params),
+                # The node's own params over the pipeline's shared ones, as validated.
+                params=dict(n.merged_params),
                 endpoint=eps.get(n.name, ""),
                 inputs={
                     port: (topic, eps[topic.partition("/")[0]]) for port, topic in n.inputs.items()
@@ -150,6 +154,8 @@ class Launcher:
                 shm_slots=t.shm_slots,
                 keys_dir=keys_dir,
                 parent_pid=os.getpid(),
+                # Set once here, and a restart reuses this spec: one epoch for the whole run.
+                run_start_ns=self.run_start_ns,
             )
             self._nodes[n.name] = _NodeProc(n, spec)
         graph = {
@@ -157,6 +163,7 @@ class Launcher:
             "run_id": self.run_id,
             "pid": os.getpid(),
             "started_unix": time.time(),
+            "run_start_ns": self.run_start_ns,
             "file": str(self.pipeline.path),
             "keys": keys_dir,
             "transport": t.mode,
@@ -261,6 +268,7 @@ class Launcher:
         """Launch, supervise until stopped or ``duration_s`` elapsed, stop; return exit code."""
         old = {s: signal.signal(s, self.request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
+            self.run_start_ns = time.monotonic_ns()
             self._prepare()
             for p in self._nodes.values():
                 self._start(p)

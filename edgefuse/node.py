@@ -5,7 +5,9 @@ ports; the pipeline file maps each input port to a topic. The runner owns the so
 :class:`~edgefuse.transport.Publisher` for all outputs, one
 :class:`~edgefuse.transport.Subscriber` for all inputs, timers on the host monotonic clock,
 periodic statistics to the launcher, and a clean stop on SIGINT/SIGTERM. A node survives bad
-data: an exception in a callback is counted and logged, and the loop goes on.
+data: an exception in a callback is counted and logged, and the loop goes on. All nodes of one
+run share a run epoch (:attr:`Node.run_start_ns`), so that simulated sensors in separate
+processes agree on when their simulated time 0 is.
 
 Run a node process with ``python -m edgefuse.node`` and a JSON spec in ``EDGEFUSE_NODE_SPEC``
 (the launcher does this).
@@ -17,7 +19,9 @@ import contextlib
 import ctypes
 import dataclasses
 import functools
+import heapq
 import importlib
+import itertools
 import json
 import logging
 import os
@@ -45,6 +49,11 @@ log = logging.getLogger(__name__)
 BUILTIN_NODES: dict[str, str] = {
     "test_pattern": "edgefuse.sensors.test_pattern:TestPatternNode",
     "pattern_check": "edgefuse.sensors.test_pattern:PatternCheckNode",
+    "sim_camera": "edgefuse.sim.nodes:SimCameraNode",
+    "sim_depth": "edgefuse.sim.nodes:SimDepthNode",
+    "sim_lidar": "edgefuse.sim.nodes:SimLidarNode",
+    "sim_mic": "edgefuse.sim.nodes:SimMicNode",
+    "sim_truth": "edgefuse.sim.nodes:SimTruthNode",
 }
 
 
@@ -63,7 +72,8 @@ class Node:
 
     Subclasses set :attr:`Params`, :attr:`outputs` and :attr:`inputs`, and override
     :meth:`setup`, :meth:`on_message` and :meth:`teardown` as needed. Inside them,
-    :meth:`publish`, :meth:`loan` and :meth:`every` are the way to the outside world.
+    :meth:`publish`, :meth:`loan`, :meth:`every` and :meth:`at` are the way to the outside
+    world.
     """
 
     #: The parameters dataclass (frozen, keyword-only); validated from the pipeline file.
@@ -112,9 +122,23 @@ class Node:
 
     def every(self, period_s: float, callback: Callable[[], None]) -> None:
         """Call ``callback`` every ``period_s`` seconds on a fixed schedule (no drift)."""
-        if period_s <= 0:
+        period_ns = round(period_s * 1e9)
+        if period_ns <= 0:
             raise ValueError(f"timer period must be > 0, got {period_s}")
-        self.runner.timers.append(_Timer(period_s, callback, time.monotonic() + period_s))
+        self.runner.timers.append(_Timer(period_ns, callback, time.monotonic_ns() + period_ns))
+
+    def at(self, t_ns: int, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once when host ``time.monotonic_ns()`` reaches ``t_ns``, never
+        earlier; a time already past fires at the next turn of the loop. Callbacks due at the
+        same time fire in the order they were scheduled, and a callback may schedule the next
+        one (publish frame k, render k+1, then ``at(delivery of k+1, ...)``)."""
+        self.runner.at(t_ns, callback)
+
+    @property
+    def run_start_ns(self) -> int:
+        """Host monotonic time (ns) at which the run started: the same for every node of a
+        run, restarted ones included (a node started on its own gets its runner's start)."""
+        return self.runner.run_start_ns
 
     def stop(self) -> None:
         """Ask the runner to stop after the current callback (a finished source calls this)."""
@@ -123,9 +147,13 @@ class Node:
 
 @dataclass(slots=True)
 class _Timer:
-    period_s: float
+    period_ns: int
     callback: Callable[[], None]
-    due: float
+    due_ns: int
+
+
+#: The loop wakes at least this often, to notice a stop and send statistics.
+_MAX_WAIT_NS = 50_000_000
 
 
 def resolve_node_type(type_name: str) -> type[Node]:
@@ -172,6 +200,9 @@ class NodeSpec:
     keys_dir: str | None = None
     stats_period_s: float = 0.5
     parent_pid: int = 0
+    #: Host ``time.monotonic_ns()`` when the run started: one value for all nodes of a run,
+    #: kept across restarts. 0 (a node started on its own): the runner's own start time.
+    run_start_ns: int = 0
 
     def to_json(self) -> str:
         """Serialise for the environment of the node process."""
@@ -196,14 +227,31 @@ class NodeRunner:
             queue_depth=spec.queue_depth, shm_slots=spec.shm_slots, keys=keys, run_id=spec.run_id
         )
         self.timers: list[_Timer] = []
+        # One-shot timers: a heap of (due ns, scheduling order, callback); the order breaks
+        # ties so that equal times fire first-scheduled first (and callbacks are never compared).
+        self._oneshots: list[tuple[int, int, Callable[[], None]]] = []
+        self._order = itertools.count()
         self.stopping = False
         self.errors: Counter[str] = Counter()
+        # Set before the node exists, so that its constructor can already read it.
+        self._run_start_ns = spec.run_start_ns or time.monotonic_ns()
         self.node = node_cls(name=spec.name, params=params, runner=self)
         self._publisher: Publisher | None = None
         self.subscriber: Subscriber | None = None
         self._port_of: dict[str, str] = {topic: port for port, (topic, _) in spec.inputs.items()}
         self._control: zmq.Socket[Any] | None = None
         self._late_overruns: Counter[str] = Counter()
+
+    @property
+    def run_start_ns(self) -> int:
+        """The run epoch: ``spec.run_start_ns``, or this runner's creation time if that is 0."""
+        return self._run_start_ns
+
+    def at(self, t_ns: int, callback: Callable[[], None]) -> None:
+        """Schedule ``callback`` once at host monotonic time ``t_ns`` (see :meth:`Node.at`)."""
+        if isinstance(t_ns, bool) or not isinstance(t_ns, (int, np.integer)):
+            raise TypeError(f"at() takes an int time in ns (time.monotonic_ns()), got {t_ns!r}")
+        heapq.heappush(self._oneshots, (int(t_ns), next(self._order), callback))
 
     @property
     def publisher(self) -> Publisher:
@@ -239,35 +287,57 @@ class NodeRunner:
             log.error("%s: setup failed:\n%s", self.spec.name, traceback.format_exc())
             self._close()
             return 1
-        next_stats = time.monotonic()
+        stats_period_ns = round(self.spec.stats_period_s * 1e9)
+        next_stats = time.monotonic_ns()
         sent_latency: dict[str, int] = {}
         try:
             while not self.stopping:
-                now = time.monotonic()
-                wait = 0.05
+                now = time.monotonic_ns()
+                due = now + _MAX_WAIT_NS
                 for t in self.timers:
-                    wait = min(wait, t.due - now)
+                    due = min(due, t.due_ns)
+                if self._oneshots:
+                    due = min(due, self._oneshots[0][0])
+                wait_ns = due - now
                 if self.subscriber is not None:
-                    if self.subscriber.socket.poll(max(0, int(wait * 1000))):
+                    # Whole ms, rounded down: waking early costs a short spin until the timer
+                    # is due; waking late would make it late.
+                    if self.subscriber.socket.poll(max(0, wait_ns // 1_000_000)):
                         self._drain()
-                elif wait > 0:
-                    time.sleep(wait)
-                now = time.monotonic()
-                for t in self.timers:
-                    if t.due <= now:
-                        self._call("timer", t.callback)
-                        # Fixed schedule; if we fell behind by more than a period, skip ahead.
-                        t.due += t.period_s
-                        if t.due < now:
-                            t.due = now + t.period_s
+                elif wait_ns > 0:
+                    time.sleep(wait_ns / 1e9)
+                now = time.monotonic_ns()
+                self._fire_timers(now)
                 if now >= next_stats:
                     self._report(sent_latency)
-                    next_stats = now + self.spec.stats_period_s
+                    next_stats = now + stats_period_ns
         finally:
             self._call("teardown", self.node.teardown)
             self._report(sent_latency)
             self._close()
         return 0
+
+    def _fire_timers(self, now: int) -> None:
+        # Only what is due at ``now``: a one-shot scheduled by one of these callbacks waits
+        # for the next turn, even if already past, so a callback that keeps rescheduling
+        # itself cannot starve messages. Due order across both kinds; the sort is stable, so
+        # one-shots due together keep their scheduling order.
+        calls: list[tuple[int, _Timer | None, Callable[[], None]]] = [
+            (t.due_ns, t, t.callback) for t in self.timers if t.due_ns <= now
+        ]
+        while self._oneshots and self._oneshots[0][0] <= now:
+            due, _, callback = heapq.heappop(self._oneshots)
+            calls.append((due, None, callback))
+        calls.sort(key=lambda c: c[0])
+        for _, timer, callback in calls:
+            if self.stopping:
+                return
+            self._call("timer", callback)
+            if timer is not None:
+                # Fixed schedule; if we fell behind by more than a period, skip ahead.
+                timer.due_ns += timer.period_ns
+                if timer.due_ns < now:
+                    timer.due_ns = now + timer.period_ns
 
     def _drain(self) -> None:
         assert self.subscriber is not None

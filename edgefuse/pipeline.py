@@ -9,20 +9,26 @@
       queue_depth: 16
       shm_slots: 16
       keys: null          # a folder from `edgefuse keys generate` turns on CURVE for tcp
+    params:               # optional; shared: to every node whose Params has the field
+      rate_hz: 30
     nodes:
       camera:
         type: test_pattern        # built-in name, entry point, or package.module:Class
-        params: {rate_hz: 30}
+        params: {width: 320}      # a node's own value wins over a shared one
       check:
         type: pattern_check
         inputs: {image: camera/image}   # input port -> topic <node>/<stream>
 
 Everything is checked before a process starts: unknown keys, wrong types, unknown node
-types, parameters, ports and topics, each error naming the file, the line and the key.
+types, parameters, ports and topics, each error naming the file, the line and the key. A
+shared parameter that no node declares is an error, and a shared value of the wrong type is
+reported at its line in the shared ``params:`` block.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +78,8 @@ class NodeConfig:
 class _PipelineFile:
     name: str = ""
     transport: TransportConfig = field(default_factory=TransportConfig)
+    #: Shared parameters: each goes to every node whose Params declares a field of its name.
+    params: dict[str, Any] = field(default_factory=dict)
     nodes: dict[str, NodeConfig] = field(default_factory=dict)
 
 
@@ -85,6 +93,45 @@ class ResolvedNode:
     params: Any
     #: Input port -> topic.
     inputs: dict[str, str]
+    #: The mapping ``params`` was built from: the shared ``params:`` the node's Params
+    #: declares, overridden by the node's own. The launcher sends this to the node process.
+    merged_params: dict[str, Any]
+
+
+@dataclass(slots=True)
+class _SharedSource(config.Source):
+    """A node's view of the file in which its shared values are located in the shared block.
+
+    :func:`config.build` locates errors by key path; a value the node took from the shared
+    ``params:`` block is not under ``nodes.<name>.params``, so errors about it (wrong type,
+    bad item) are redirected to ``params.<key>``, naming the node whose field declared it.
+    """
+
+    node: str = ""
+    shared: frozenset[str] = frozenset()
+
+    def where(self, path: config.KeyPath) -> str:
+        """As :meth:`config.Source.where`, for shared keys at their line in ``params:``."""
+        base = ("nodes", self.node, "params")
+        if path[:3] == base and len(path) > 3 and path[3] in self.shared:
+            loc = config.Source.where(self, ("params", *path[3:]))
+            return f"{loc} (shared, for node {self.node!r})"
+        loc = config.Source.where(self, path)
+        if path == base and self.shared:
+            # The Params class rejected the combination (its own check); it may be the
+            # shared values that are wrong, so say where they came from.
+            keys = ", ".join(
+                f"params.{k} from line {self.lines.get(('params', k), '?')}"
+                for k in sorted(self.shared)
+            )
+            return f"{loc} (with shared {keys})"
+        return loc
+
+
+def _declared_fields(cls: type[Node]) -> set[str]:
+    if not (dataclasses.is_dataclass(cls.Params) and isinstance(cls.Params, type)):
+        return set()
+    return {f.name for f in dataclasses.fields(cls.Params) if f.init}
 
 
 @dataclass(frozen=True)
@@ -137,10 +184,24 @@ def validate(data: Any, *, src: config.Source, path: Path) -> Pipeline:
             classes[name] = resolve_node_type(nc.type)
         except ConfigError as exc:
             raise ConfigError(f"{src.where(('nodes', name, 'type'))}: {exc}") from None
+    declared = {name: _declared_fields(cls) for name, cls in classes.items()}
+    everywhere = set().union(*declared.values())
+    for key in raw.params:
+        if key not in everywhere:
+            close = difflib.get_close_matches(str(key), sorted(everywhere), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            known = ", ".join(sorted(everywhere)) or "none"
+            raise ConfigError(
+                f"{src.where(('params', key))}: no node of the pipeline declares shared "
+                f"parameter {key!r}{hint}; declared parameters are: {known}"
+            )
     outputs = {f"{n}/{s}": n for n, cls in classes.items() for s in cls.outputs}
     for name, nc in raw.nodes.items():
         cls = classes[name]
-        params = config.build(cls.Params, nc.params, src=src, path=("nodes", name, "params"))
+        shared = {k: v for k, v in raw.params.items() if k in declared[name] and k not in nc.params}
+        merged = {**shared, **nc.params}
+        node_src = _SharedSource(src.file, src.lines, node=name, shared=frozenset(shared))
+        params = config.build(cls.Params, merged, src=node_src, path=("nodes", name, "params"))
         for port, topic in nc.inputs.items():
             where = src.where(("nodes", name, "inputs", port))
             if port not in cls.inputs:
@@ -157,5 +218,5 @@ def validate(data: Any, *, src: config.Source, path: Path) -> Pipeline:
                 f"{src.where(('nodes', name, 'inputs'))}: input port(s) {', '.join(missing)} of "
                 f"{nc.type} are not connected"
             )
-        resolved[name] = ResolvedNode(name, nc, cls, params, dict(nc.inputs))
+        resolved[name] = ResolvedNode(name, nc, cls, params, dict(nc.inputs), merged)
     return Pipeline(raw.name or path.stem, path, raw.transport, resolved)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +21,8 @@ class CrashParams:
     ticks: int = 5
     rate_hz: float = 50.0
     exit_code: int = 3
+    #: If set, append ``<node> <pid> <run_start_ns>`` to this file at each start.
+    record: str = ""
 
 
 class CrashingNode(Node):
@@ -28,6 +32,9 @@ class CrashingNode(Node):
     outputs = {"count": "i64"}
 
     def setup(self) -> None:
+        if self.params.record:
+            with open(self.params.record, "a") as f:
+                f.write(f"{self.name} {os.getpid()} {self.run_start_ns}\n")
         self.n = 0
         self.every(1 / self.params.rate_hz, self.tick)
 
@@ -74,3 +81,47 @@ class StubbornNode(Node):
 
     def teardown(self) -> None:
         pass
+
+
+MS = 1_000_000
+
+
+class OneShotRecorder(Node):
+    """Schedules one-shot timers out of order, records when each fires, then stops.
+
+    ``fired`` holds ``(label, due ns, fired ns)``. One callback raises (the runner counts
+    it); the ``chain`` steps each schedule the next from inside their callback, as a
+    simulated sensor schedules the delivery of its next frame.
+    """
+
+    def setup(self) -> None:
+        self.fired: list[tuple[str, int, int]] = []
+        t0 = time.monotonic_ns()
+        self.at(t0 + 60 * MS, self._mark("c", t0 + 60 * MS))
+        self.at(t0 + 20 * MS, self._mark("a", t0 + 20 * MS))
+        self.at(t0 + 40 * MS, self._mark("b1", t0 + 40 * MS))
+        self.at(t0 + 40 * MS, self._mark("b2", t0 + 40 * MS))
+        self.at(t0 - 1_000 * MS, self._mark("past", t0 - 1_000 * MS))
+        self.at(t0 + 30 * MS, self._boom)
+        self.at(t0 + 70 * MS, self._chain(0, t0 + 70 * MS))
+        # Safety net: a lost timer would otherwise hang the test.
+        self.at(t0 + 5_000 * MS, self.stop)
+
+    def _mark(self, label: str, due: int) -> Callable[[], None]:
+        def fire() -> None:
+            self.fired.append((label, due, time.monotonic_ns()))
+
+        return fire
+
+    def _boom(self) -> None:
+        raise RuntimeError("injected")
+
+    def _chain(self, k: int, due: int) -> Callable[[], None]:
+        def fire() -> None:
+            self.fired.append((f"chain{k}", due, time.monotonic_ns()))
+            if k < 3:
+                self.at(due + 7 * MS, self._chain(k + 1, due + 7 * MS))
+            else:
+                self.stop()
+
+        return fire

@@ -98,6 +98,32 @@ def test_crashed_node_restarts_with_backoff_and_sink_survives_bad_data(tmp_path:
     # A crashed node cannot unlink its own segments: the launcher did (no_leaks checks).
 
 
+EPOCH = """\
+nodes:
+  crash:
+    type: tests.nodes:CrashingNode
+    params: {{ticks: 5, rate_hz: 50, record: {record}}}
+  steady:
+    type: tests.nodes:CrashingNode
+    params: {{ticks: 1000000, rate_hz: 5, record: {record}}}
+"""
+
+
+@pytest.mark.slow
+def test_all_nodes_of_a_run_share_its_epoch_across_restarts(tmp_path: Path) -> None:
+    record = tmp_path / "epochs.txt"
+    before = time.monotonic_ns()
+    rep = launch(tmp_path, EPOCH.format(record=record), 3.0)
+    after = time.monotonic_ns()
+    lines = [line.split() for line in record.read_text().splitlines()]
+    pids = {name: {int(pid) for n, pid, _ in lines if n == name} for name in ("crash", "steady")}
+    assert rep["nodes"]["crash"]["restarts"] >= 1 and len(pids["crash"]) >= 2
+    assert len(pids["steady"]) == 1
+    epochs = {int(epoch) for _, _, epoch in lines}
+    assert len(epochs) == 1, f"nodes disagree on the run epoch: {lines}"
+    assert before <= epochs.pop() <= after
+
+
 def test_config_error_in_node_is_not_restarted(tmp_path: Path) -> None:
     path = tmp_path / "p.yaml"
     path.write_text("nodes:\n  n:\n    type: tests.nodes:CrashingNode\n")

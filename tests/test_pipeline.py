@@ -10,6 +10,7 @@ from edgefuse.errors import ConfigError
 from edgefuse.pipeline import load_pipeline
 from edgefuse.sensors.test_pattern import PatternCheckNode, TestPatternNode
 from tests.conftest import REPO
+from tests.test_launch import launch
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -112,3 +113,77 @@ def test_module_class_node_types(tmp_path: Path) -> None:
         load_pipeline(write(tmp_path, "nodes:\n  c:\n    type: tests.conftest:child_pids\n"))
     with pytest.raises(ConfigError, match=r"cannot be loaded"):
         load_pipeline(write(tmp_path, "nodes:\n  c:\n    type: tests.nope:X\n"))
+
+
+SHARED = """\
+name: demo
+params:
+  width: 160
+  rate_hz: 5
+  log_every_s: 0
+nodes:
+  camera:
+    type: test_pattern
+    params: {height: 120, rate_hz: 40}
+  check:
+    type: pattern_check
+    inputs: {image: camera/image}
+"""
+
+
+def test_shared_params_go_to_nodes_declaring_them_own_values_win(tmp_path: Path) -> None:
+    p = load_pipeline(write(tmp_path, SHARED))
+    camera, check = p.nodes["camera"], p.nodes["check"]
+    assert camera.merged_params == {"width": 160, "height": 120, "rate_hz": 40}
+    assert (camera.params.width, camera.params.height, camera.params.rate_hz) == (160, 120, 40)
+    assert check.merged_params == {"log_every_s": 0}
+    assert check.params.log_every_s == 0
+    # Without shared params, a node's merged params are its own.
+    assert load_pipeline(write(tmp_path, GOOD)).nodes["camera"].merged_params == {
+        "width": 320,
+        "height": 240,
+        "rate_hz": 10,
+    }
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (
+            ("  width: 160", "  widht: 160"),
+            r"p.yaml:3: params.widht: no node of the pipeline declares shared parameter 'widht' "
+            r"\(did you mean 'width'\?\); declared parameters are: frames, height, log_every_s, "
+            r"rate_hz, width$",
+        ),
+        (
+            ("  width: 160", "  width: wide"),
+            r"^\S*p.yaml:3: params.width \(shared, for node 'camera'\): expected int, "
+            r"got str 'wide'$",
+        ),
+        (
+            ("  width: 160", "  width: [160]"),
+            r"^\S*p.yaml:3: params.width \(shared, for node 'camera'\): expected int",
+        ),
+        (
+            # The Params class's own check cannot say which key is wrong: name both places.
+            ("  width: 160", "  width: 4"),
+            r"p.yaml:9: nodes.camera.params \(with shared params.width from line 3\): "
+            r"width and height must be in 16..8192",
+        ),
+    ],
+)
+def test_shared_param_mistakes_point_at_the_shared_block(
+    tmp_path: Path, edit: tuple[str, str], expected: str
+) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        load_pipeline(write(tmp_path, SHARED.replace(*edit)))
+
+
+@pytest.mark.usefixtures("run_dir", "no_leaks")
+def test_launched_node_receives_shared_params(tmp_path: Path) -> None:
+    rep = launch(tmp_path, SHARED, 2.5)
+    t = rep["topics"]["camera/image"]
+    assert t["received"] > 0 and rep["nodes"]["check"]["errors"] == {}
+    # The camera got the shared width with its own height, and its own rate over the shared.
+    assert t["bytes"] == t["messages"] * 160 * 120 * 3
+    assert t["rate_hz"] > 20

@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 from edgefuse.bench import _report, transport
+from edgefuse.bench import sim as sim_bench
 from edgefuse.bench._payload import parse_size
 from edgefuse.bench._peers import TRANSPORTS
 
@@ -70,6 +71,20 @@ def _parser() -> argparse.ArgumentParser:
         help=f"discarded messages before the measured ones (default {transport.DEFAULT_WARMUP})",
     )
     t.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    s = sub.add_parser(
+        "sim",
+        help="can the simulated rig keep real time on one core (offline capacity, live CPU)",
+        description=(sim_bench.__doc__ or "").split("\n\n")[0],
+    )
+    s.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    s.add_argument("--out", metavar="FILE", help="also write the JSON document to FILE")
+    s.add_argument("--scenario", default="day")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seconds", type=float, default=10.0, help="world seconds per source offline")
+    s.add_argument("--live-seconds", type=float, default=20.0, help="0 skips the live run")
+    s.add_argument("--warmup", type=float, default=6.0, help="live: seconds before measuring")
+    s.add_argument("--pipeline", default="pipelines/sim.yaml")
+    s.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return parser
 
 
@@ -118,6 +133,8 @@ def main(argv: list[str]) -> int:
     parser = _parser()
     try:
         args = parser.parse_args(argv)
+        if args.bench == "sim":
+            return _sim(args, argv)
         cfg = _config(args, parser)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else 2
@@ -137,6 +154,28 @@ def main(argv: list[str]) -> int:
     else:
         print(_report.format_table(doc))
     return 1 if doc["summary"]["corrupt_total"] else 0
+
+
+def _sim(args: argparse.Namespace, argv: list[str]) -> int:
+    doc = sim_bench.run(
+        scenario=args.scenario,
+        seed=args.seed,
+        seconds=args.seconds,
+        live_seconds=args.live_seconds,
+        warmup_s=args.warmup,
+        pipeline=args.pipeline,
+        command=shlex.join(["edgefuse", "bench", *argv]),
+        progress=None if args.quiet else _progress,
+    )
+    text = json.dumps(doc, indent=2)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    if args.json:
+        print(text)
+    else:
+        print(sim_bench.format_table(doc))
+    return 0
 
 
 def _progress(line: str) -> None:

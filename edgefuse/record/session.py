@@ -1,0 +1,496 @@
+"""Session files: edgefuse envelopes recorded losslessly in MCAP (https://mcap.dev).
+
+A session is a standard chunked, indexed MCAP file that any MCAP tool can open:
+
+- One channel per topic (``<node>/<stream>``), registered on its first message, with no schema,
+  ``message_encoding = "edgefuse.envelope.v1"`` and channel metadata ``{"encoding": <the
+  stream's encoding>}`` (``bgr8``, ``s16le``, ...). A stream keeps one encoding for the session.
+- A message's MCAP ``log_time`` is ``header.t_host_ns`` unless the writer was given another;
+  ``publish_time`` is ``header.t_pub_ns``, or the log time when that is 0; ``sequence`` is
+  ``header.seq`` modulo 2**32 (the full value is in the envelope header).
+- The message data is the envelope, all payloads inline::
+
+      u32 n (little-endian) | header: n bytes, exactly envelope.encode_header(header, descs)
+      | payload 0 | payload 1 | ... back to back in descriptor order, C order, no padding
+
+  where each payload's size is ``itemsize * prod(shape)`` of its descriptor; the data ends with
+  the last payload. Decoding is ``envelope.decode_header`` plus the envelope's layout checks,
+  and arrays are zero-copy read-only views of the message bytes.
+- ``Metadata`` records (name -> string key/values) and ``Attachment`` records (name -> bytes,
+  e.g. ``calibration/sim_rig.yaml``) hold whatever the caller passes; their create and log
+  times are 0. The header record's library field is ``edgefuse/<version>``, the profile is empty.
+  Nothing else is added (no wall clock, host name or random id), so the same writes give the
+  same file, byte for byte, with the same edgefuse, mcap, zstandard and lz4 versions.
+
+Reading uses the summary section when its CRC and counts check out. Otherwise (the writer was
+killed, the tail is damaged) the data section is walked record by record: every complete
+chunk is recovered, the chunk being written is lost, and ``SessionReader.truncated`` is set
+unless the data section was whole (cut inside the summary). Chunk and attachment CRCs are
+checked. Messages come out in log-time order (file order among equal times), one chunk at a
+time: memory is bounded by the chunks whose time ranges overlap, not by the file.
+"""
+
+from __future__ import annotations
+
+import heapq
+import io
+import os
+import struct
+import zlib
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, Literal
+
+import numpy as np
+
+from edgefuse import __version__, envelope
+from edgefuse.envelope import Header, Message, PayloadDesc
+from edgefuse.errors import EnvelopeError, require_extra
+from edgefuse.record.errors import SessionError
+
+if TYPE_CHECKING:
+    from mcap.records import Channel, McapRecord
+    from mcap.records import Message as McapMessage
+
+ENVELOPE_ENCODING: Final = "edgefuse.envelope.v1"
+_MAGIC: Final = b"\x89MCAP0\r\n"
+_U32 = struct.Struct("<I")
+_PREFIX = struct.Struct("<BQ")  # every MCAP record: opcode, body length
+_OP_HEADER, _OP_FOOTER, _OP_CHANNEL, _OP_MESSAGE, _OP_CHUNK = 0x01, 0x02, 0x04, 0x05, 0x06
+_OP_ATTACHMENT, _OP_METADATA, _OP_DATA_END = 0x09, 0x0C, 0x0F
+#: Largest record or uncompressed chunk believed (the mcap library's own default limit).
+_MAX_RECORD: Final = 4 << 30
+
+
+class SessionWriter:
+    """Writes envelopes to a new session file; see the module docstring for the layout."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        metadata: Mapping[str, Mapping[str, str]] | None = None,
+        attachments: Mapping[str, bytes] | None = None,
+        compression: Literal["zstd", "lz4", "none"] = "zstd",
+        chunk_size: int = 4 * 1024 * 1024,
+    ) -> None:
+        """Create (or overwrite) ``path`` and write the MCAP header, metadata and attachments."""
+        require_extra("mcap", "record")
+        from mcap.writer import CompressionType, Writer
+
+        kinds = {"zstd": CompressionType.ZSTD, "lz4": CompressionType.LZ4}
+        if compression not in (*kinds, "none"):
+            raise ValueError(f"compression {compression!r} is not one of zstd, lz4, none")
+        self.path = Path(path)
+        self._counts: dict[str, int] = {}
+        self._channels: dict[str, tuple[int, str]] = {}  # topic -> channel id, stream encoding
+        self._closed = False
+        try:
+            self._file = open(self.path, "wb")  # noqa: SIM115 (closed by close())
+        except OSError as exc:
+            raise SessionError(f"{self.path}: cannot create: {exc.strerror}", kind="io") from exc
+        try:
+            kind = kinds.get(compression, CompressionType.NONE)
+            self._writer = Writer(self._file, chunk_size=chunk_size, compression=kind)
+            self._writer.start(profile="", library=f"edgefuse/{__version__}")
+            for name, values in (metadata or {}).items():
+                self._writer.add_metadata(name, dict(values))
+            for name, data in (attachments or {}).items():
+                self.attach(name, data)
+        except BaseException:
+            self._file.close()
+            raise
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Messages written so far, per topic."""
+        return dict(self._counts)
+
+    def write(
+        self,
+        topic: str,
+        header: Header,
+        arrays: Sequence[np.ndarray],
+        *,
+        log_time_ns: int | None = None,
+    ) -> None:
+        """Append one message; arrays are copied into the file (any layout, wire dtypes only)."""
+        self._check_open()
+        log_time = header.t_host_ns if log_time_ns is None else log_time_ns
+        publish_time = header.t_pub_ns or log_time
+        try:
+            envelope.check_topic(topic.encode("utf-8"))
+            # ascontiguousarray turns a 0-d array into shape (1,): keep the caller's shape.
+            flat = [np.ascontiguousarray(a).reshape(a.shape) for a in arrays]
+            descs = [PayloadDesc(envelope.wire_dtype(a), tuple(map(int, a.shape))) for a in flat]
+            envelope.check_layout(topic, header, descs, n_payload_frames=len(descs))
+            head = envelope.encode_header(header, descs)
+        except EnvelopeError as exc:
+            raise SessionError(
+                f"{self.path}: cannot record on {topic!r}: {exc}", kind=exc.kind
+            ) from exc
+        for what, t in (("log", log_time), ("publish", publish_time)):
+            if not 0 <= t < 2**64:
+                raise SessionError(
+                    f"{self.path}: {topic!r} seq {header.seq}: {what} time {t} is not in "
+                    "[0, 2**64) ns",
+                    kind="bad_time",
+                )
+        channel = self._channel(topic, header.encoding)
+        data = b"".join([_U32.pack(len(head)), head, *(a for a in flat if a.nbytes)])
+        self._writer.add_message(channel, log_time, data, publish_time, header.seq & 0xFFFFFFFF)
+        self._counts[topic] = self._counts.get(topic, 0) + 1
+
+    def attach(
+        self, name: str, data: bytes, *, media_type: str = "application/octet-stream"
+    ) -> None:
+        """Add an attachment (a calibration file, a config) between the chunks written so far."""
+        self._check_open()
+        self._writer.add_attachment(0, 0, name, media_type, bytes(data))
+
+    def close(self) -> None:
+        """Write the summary and footer and close the file; later calls do nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._writer.finish()  # type: ignore[no-untyped-call]
+        finally:
+            self._file.close()
+
+    def __enter__(self) -> SessionWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()  # a session interrupted by an exception is still a valid, shorter file
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SessionError(f"{self.path}: the session writer is closed", kind="closed")
+
+    def _channel(self, topic: str, encoding: str) -> int:
+        known = self._channels.get(topic)
+        if known is None:
+            cid = self._writer.register_channel(topic, ENVELOPE_ENCODING, 0, {"encoding": encoding})
+            self._channels[topic] = known = (cid, encoding)
+        elif known[1] != encoding:
+            raise SessionError(
+                f"{self.path}: {topic!r} was recorded as {known[1]!r}, this message is "
+                f"{encoding!r} (one encoding per stream)",
+                kind="encoding_changed",
+            )
+        return known[0]
+
+
+@dataclass(frozen=True, slots=True)
+class _ChunkRef:
+    offset: int  # of the chunk record in the file
+    start: int  # earliest and latest log time inside
+    end: int
+    channels: frozenset[int] | None  # None: not indexed, may hold any channel
+
+
+class SessionReader:
+    """Reads a session file: topics, metadata, attachments, and messages in log-time order."""
+
+    def __init__(self, path: str | Path) -> None:
+        """Open ``path`` and read its index; ``SessionError`` if it is not a readable session."""
+        require_extra("mcap", "record")
+        self.path = Path(path)
+        #: True when the file ended early (writer killed): what was complete has been recovered.
+        self.truncated = False
+        self._channels: dict[int, Channel] = {}
+        self._counts: dict[int, int] = {}
+        self._chunks: list[_ChunkRef] = []
+        self._metadata: list[int] = []  # record offsets
+        self._attachments: list[int] = []
+        try:
+            self._file = open(self.path, "rb")  # noqa: SIM115 (closed by close())
+            self._size = os.fstat(self._file.fileno()).st_size
+        except OSError as exc:
+            kind = "missing" if isinstance(exc, FileNotFoundError) else "io"
+            raise SessionError(f"{self.path}: cannot open: {exc.strerror}", kind=kind) from exc
+        try:
+            if self._size < len(_MAGIC) or self._read(0, len(_MAGIC)) != _MAGIC:
+                raise SessionError(f"{self.path}: not an MCAP file (no magic)", kind="not_mcap")
+            if not self._load_summary():
+                self._scan()
+        except BaseException:
+            self._file.close()
+            raise
+
+    def topics(self) -> dict[str, int]:
+        """Envelope topics and their message counts (channels of other encodings are left out)."""
+        out: dict[str, int] = {}
+        for cid, ch in self._channels.items():
+            if ch.message_encoding == ENVELOPE_ENCODING:
+                out[ch.topic] = out.get(ch.topic, 0) + self._counts.get(cid, 0)
+        return out
+
+    def metadata(self) -> dict[str, dict[str, str]]:
+        """The metadata records: name -> key/values (a repeated name keeps its last record)."""
+        from mcap.data_stream import ReadDataStream
+        from mcap.records import Metadata
+
+        out: dict[str, dict[str, str]] = {}
+        for offset in self._metadata:
+            body = self._record(offset, _OP_METADATA)
+            with self._decoding(f"metadata record at byte {offset}"):
+                rec = Metadata.read(ReadDataStream(io.BytesIO(body)))
+            out[rec.name] = dict(rec.metadata)
+        return out
+
+    def attachments(self) -> dict[str, bytes]:
+        """The attachments: name -> bytes, each checked against its CRC."""
+        from mcap.data_stream import ReadDataStream
+        from mcap.records import Attachment
+
+        out: dict[str, bytes] = {}
+        for offset in self._attachments:
+            body = self._record(offset, _OP_ATTACHMENT)
+            with self._decoding(f"attachment at byte {offset}"):
+                (crc,) = _U32.unpack(body[-4:])
+                if crc and crc != zlib.crc32(body[:-4]):
+                    raise ValueError("CRC mismatch")
+                rec = Attachment.read(ReadDataStream(io.BytesIO(body)))
+            out[rec.name] = rec.data
+        return out
+
+    def messages(
+        self,
+        topics: Collection[str] | None = None,
+        *,
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+    ) -> Iterator[Message]:
+        """Stream the messages of ``topics`` (all when None) with log time in [start, end).
+
+        Messages come in log-time order, arrays as read-only views. Asking for a topic recorded
+        in another encoding raises ``SessionError`` here; unasked, such topics are skipped. A
+        message whose bytes disagree with its header raises ``SessionError`` when reached.
+        """
+        if isinstance(topics, str):
+            topics = (topics,)
+        wanted: dict[int, str] = {}
+        for cid, ch in self._channels.items():
+            if topics is not None and ch.topic not in topics:
+                continue
+            if ch.message_encoding != ENVELOPE_ENCODING:
+                if topics is None:
+                    continue
+                raise SessionError(
+                    f"{self.path}: topic {ch.topic!r} holds {ch.message_encoding!r} messages, "
+                    f"not edgefuse envelopes ({ENVELOPE_ENCODING})",
+                    kind="foreign_encoding",
+                )
+            wanted[cid] = ch.topic
+        lo, hi = start_ns if start_ns is not None else 0, end_ns if end_ns is not None else 2**64
+        return self._merge(wanted, lo, hi)
+
+    def close(self) -> None:
+        """Close the file; iterators still running then raise ``SessionError``."""
+        self._file.close()
+
+    def __enter__(self) -> SessionReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _merge(self, wanted: dict[int, str], lo: int, hi: int) -> Iterator[Message]:
+        # A heap of chunks (keyed by their first log time) and of the messages of the chunks
+        # opened so far: a chunk is opened only when nothing before its start time is left.
+        from mcap.records import Message as McapMessage
+
+        heap: list[tuple[int, int, int, McapMessage | None]] = [
+            (c.start, c.offset, -1, None)
+            for c in self._chunks
+            if c.end >= lo
+            and c.start < hi
+            and (c.channels is None or not c.channels.isdisjoint(wanted))
+        ]
+        heapq.heapify(heap)
+        while heap:
+            _, offset, _, msg = heapq.heappop(heap)
+            if msg is not None:
+                yield self._decode(wanted[msg.channel_id], msg)
+                continue
+            for i, rec in enumerate(self._chunk_records(offset)):
+                if (
+                    isinstance(rec, McapMessage)
+                    and rec.channel_id in wanted
+                    and lo <= rec.log_time < hi
+                ):
+                    heapq.heappush(heap, (rec.log_time, offset, i, rec))
+
+    def _decode(self, topic: str, msg: McapMessage) -> Message:
+        data = memoryview(msg.data)
+        try:
+            if len(data) < _U32.size:
+                raise EnvelopeError("truncated", f"{len(data)} bytes, no header length")
+            (n,) = _U32.unpack(data[: _U32.size])
+            pos = _U32.size + n
+            if pos > len(data):
+                raise EnvelopeError("truncated", f"header of {n} bytes in {len(data)} bytes")
+            header, descs = envelope.decode_header(data[_U32.size : pos])
+            if any(d.shm is not None for d in descs):
+                raise EnvelopeError("bad_header", "a recorded payload refers to shared memory")
+            envelope.check_layout(topic, header, descs, n_payload_frames=len(descs))
+            arrays: list[np.ndarray] = []
+            for d in descs:
+                if pos + d.nbytes > len(data):
+                    raise EnvelopeError("truncated", f"payloads end after byte {len(data)}")
+                arrays.append(envelope.array_from_buffer(d, data[pos : pos + d.nbytes]))
+                pos += d.nbytes
+            if pos != len(data):
+                raise EnvelopeError("size_mismatch", f"{len(data) - pos} bytes after the payloads")
+        except EnvelopeError as exc:
+            raise SessionError(
+                f"{self.path}: message on {topic!r} at log time {msg.log_time} ns: {exc}",
+                kind=exc.kind,
+            ) from exc
+        return Message(topic, header, arrays)
+
+    @contextmanager
+    def _decoding(self, what: str) -> Iterator[None]:
+        # Bytes of a damaged file go through the mcap library's record parsers, whose failures
+        # are open-ended (struct.error, EndOfFile, ZstdError, CRC errors, ...): all become one.
+        try:
+            yield
+        except SessionError:
+            raise
+        except Exception as exc:
+            raise SessionError(f"{self.path}: {what}: {type(exc).__name__}: {exc}") from exc
+
+    def _read(self, offset: int, n: int) -> bytes:
+        if self._file.closed:
+            raise SessionError(f"{self.path}: the session reader is closed", kind="closed")
+        self._file.seek(offset)
+        data = self._file.read(n)
+        if len(data) != n:
+            raise SessionError(
+                f"{self.path}: {n} bytes at {offset} run past the end", kind="truncated"
+            )
+        return data
+
+    def _record(self, offset: int, opcode: int) -> bytes:
+        op, length = _PREFIX.unpack(self._read(offset, _PREFIX.size))
+        if op != opcode or length > min(_MAX_RECORD, self._size - offset - _PREFIX.size):
+            raise SessionError(
+                f"{self.path}: no intact record of type {opcode:#x} at byte {offset}"
+            )
+        return self._read(offset + _PREFIX.size, length)
+
+    def _chunk_records(self, offset: int) -> list[McapRecord]:
+        from mcap.data_stream import ReadDataStream
+        from mcap.records import Chunk
+        from mcap.stream_reader import breakup_chunk
+
+        body = self._record(offset, _OP_CHUNK)
+        with self._decoding(f"chunk at byte {offset}"):
+            chunk = Chunk.read(ReadDataStream(io.BytesIO(body)))
+            if chunk.uncompressed_size > _MAX_RECORD:
+                raise ValueError(f"uncompressed size {chunk.uncompressed_size} is implausible")
+            return breakup_chunk(chunk, validate_crc=True)
+
+    def _load_summary(self) -> bool:
+        """Index from the summary section; False (scan instead) when it is missing or damaged."""
+        from mcap.reader import SeekingReader
+
+        # The footer ends ``u64 summary_start | u64 summary_offset_start | u32 CRC | magic``; the
+        # CRC covers the summary and the footer up to itself (the mcap library does not check it).
+        if self._size < 2 * len(_MAGIC) + 29 or self._read(self._size - 8, 8) != _MAGIC:
+            return False
+        start, _, crc = struct.unpack("<QQI", self._read(self._size - 28, 20))
+        if not len(_MAGIC) < start <= self._size - 29:
+            return False
+        pos, got = start, 0
+        while crc and pos < self._size - 12:
+            block = self._read(pos, min(1 << 20, self._size - 12 - pos))
+            got, pos = zlib.crc32(block, got), pos + len(block)
+        if got != crc:
+            return False
+        try:
+            self._file.seek(0)
+            summary = SeekingReader(self._file).get_summary()
+        except Exception:  # a damaged summary is not fatal: the data section is still there
+            return False
+        stats = summary.statistics if summary is not None else None
+        if summary is None or stats is None:
+            return False
+        chunks = summary.chunk_indexes
+        if (
+            (stats.chunk_count, stats.metadata_count, stats.attachment_count)
+            != (len(chunks), len(summary.metadata_indexes), len(summary.attachment_indexes))
+            or (stats.message_count > 0 and not chunks)  # messages outside chunks: scan
+            or not set(stats.channel_message_counts) <= set(summary.channels)
+            or any(c.chunk_start_offset + c.chunk_length > self._size for c in chunks)
+        ):
+            return False
+        self._channels, self._counts = summary.channels, dict(stats.channel_message_counts)
+        self._chunks = [
+            _ChunkRef(
+                c.chunk_start_offset,
+                c.message_start_time,
+                c.message_end_time,
+                frozenset(c.message_index_offsets) or None,
+            )
+            for c in chunks
+        ]
+        self._metadata = [m.offset for m in summary.metadata_indexes]
+        self._attachments = [a.offset for a in summary.attachment_indexes]
+        return True
+
+    def _scan(self) -> None:
+        """Index by walking the data section; stop at its end or at the first torn record."""
+        from mcap.data_stream import ReadDataStream
+        from mcap.records import Channel
+        from mcap.records import Message as McapMessage
+
+        pos = len(_MAGIC)
+        while True:
+            if pos + _PREFIX.size > self._size:
+                self.truncated = True
+                return
+            op, length = _PREFIX.unpack(self._read(pos, _PREFIX.size))
+            if pos == len(_MAGIC) and op != _OP_HEADER:
+                raise SessionError(f"{self.path}: no MCAP header record after the magic")
+            end = pos + _PREFIX.size + length
+            if end > self._size:
+                self.truncated = True
+                return
+            if op in (_OP_DATA_END, _OP_FOOTER):
+                return
+            if op == _OP_CHUNK:
+                ids: set[int] = set()
+                times: list[int] = []
+                for rec in self._chunk_records(pos):
+                    if isinstance(rec, Channel):
+                        self._channels[rec.id] = rec
+                    elif isinstance(rec, McapMessage):
+                        if rec.channel_id not in self._channels:
+                            raise SessionError(
+                                f"{self.path}: chunk at byte {pos}: message on unknown channel "
+                                f"{rec.channel_id}"
+                            )
+                        ids.add(rec.channel_id)
+                        times.append(rec.log_time)
+                        self._counts[rec.channel_id] = self._counts.get(rec.channel_id, 0) + 1
+                if times:
+                    self._chunks.append(_ChunkRef(pos, min(times), max(times), frozenset(ids)))
+            elif op == _OP_CHANNEL:
+                with self._decoding(f"channel record at byte {pos}"):
+                    body = self._read(pos + _PREFIX.size, length)
+                    ch = Channel.read(ReadDataStream(io.BytesIO(body)))
+                self._channels[ch.id] = ch
+            elif op == _OP_MESSAGE:
+                raise SessionError(
+                    f"{self.path}: messages outside chunks are not supported", kind="unsupported"
+                )
+            elif op == _OP_METADATA:
+                self._metadata.append(pos)
+            elif op == _OP_ATTACHMENT:
+                self._attachments.append(pos)
+            pos = end

@@ -1,0 +1,499 @@
+"""The simulated microphone: point sources heard with their propagation delay, plus background.
+
+Every object is a point source at its ground-centre pose, raised to a height typical of its
+class (an engine or an EV's speaker ~0.4 m, footsteps at the ground, a freewheel at the hub).
+The pressure at array element ``e`` and sample time ``t`` is
+
+    p_e(t) = sum over objects of  level / max(d, 1 m) * s_obj(tau),   tau = t - d(tau) / c
+
+with ``d`` the distance from the source at the emission time ``tau`` to the element. ``tau`` is
+found by one fixed-point step from ``d(t)`` (objects move at < 20 m/s, so ``d`` changes by < 6 %
+of the step), which also yields the Doppler shift of a passing car for free. A source contributes
+only while its object is alive at ``tau`` (a 20 ms ramp at both ends, so entries and exits do not
+click), so a sound in flight when its object leaves the world still arrives. Objects beyond
+:data:`MAX_AUDIBLE_M` are silent (faded out over the last 30 m).
+
+Delay and gain are computed per object on a fixed 10 ms grid of reception times and interpolated
+linearly in between (the delay's curvature is tiny: < 0.05 sample of error for a car passing 3 m
+away), from positions on a fixed 50 ms grid of emission times (``WorldObject.pose`` costs ~30 µs,
+too much to call per sample). Both grids are global, and every source signal ``s_obj`` is a pure
+function of the object's sound parameters and ``tau`` (analytic sinusoids, wavetables and seeded
+noise tables read at ``tau``), and the background a pure function of the sample time: so the
+samples do not depend on how the caller cuts the stream into chunks, nor on the process that
+renders them.
+
+Signatures (``Sound.kind``), each normalised to the power of a unit sinusoid (RMS 1/sqrt 2), so
+``level`` is the amplitude at 1 m of an equally loud tone:
+
+- ``engine``: the firing frequency and its harmonics with half-orders, rolling off to 600 Hz,
+  with a slow RPM wander, plus low-passed rumble: nearly all energy below 400 Hz.
+- ``ev_tones``: an acoustic vehicle alerting system: tones at ``freq_hz`` and 1.5 x ``freq_hz``
+  (550-1125 Hz), slowly amplitude-modulated, plus faint tyre noise.
+- ``footsteps``: band-passed scuff bursts at ``freq_hz`` steps per second, alternate feet louder.
+- ``freewheel``: ratchet clicks at ``freq_hz`` per second (decaying 3-4.5 kHz transients) plus
+  faint chain noise.
+
+The background (wind: brown-ish; distant traffic: pink-ish, 40 Hz-1.5 kHz) comes from two long
+seeded tables of coprime lengths indexed by the rounded sample time, so it repeats only after
+days. Channels read it at different offsets: capsule self-noise and wind turbulence at each
+capsule are independent, and independent background does not bias a time-difference estimate.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgefuse.calib.model import SensorCalibration
+from edgefuse.sim.world import Sound, WorldObject
+
+SPEED_OF_SOUND_MPS = 343.0
+#: Sources farther than this are not rendered (faded out from :data:`_FADE_FROM_M`).
+MAX_AUDIBLE_M = 150.0
+#: The longest propagation delay: the caller asks the world for objects from ``t0 - MAX_DELAY_S``.
+MAX_DELAY_S = MAX_AUDIBLE_M / SPEED_OF_SOUND_MPS
+FULL_SCALE = 32767
+
+_FADE_FROM_M = 120.0
+_RAMP_S = 0.02
+_KNOT_RATE_HZ = 100.0  # reception-time grid of delays and gains
+_PATH_RATE_HZ = 20.0  # emission-time grid of source positions
+_UNIT_RMS = 1.0 / math.sqrt(2.0)
+_SOURCE_HEIGHT_M = {"engine": 0.4, "ev_tones": 0.4, "footsteps": 0.05, "freewheel": 0.5}
+# Fixed seeds of the per-kind noise tables: sources must sound the same in every process.
+_TABLE_SEEDS = {"rumble": 11, "tyre": 12, "scuff": 13, "chain": 14}
+_WIND_LEN = 2**19
+_TRAFFIC_LEN = 3**12  # coprime with _WIND_LEN: the sum repeats after their product
+
+
+@dataclass(frozen=True, kw_only=True)
+class MicArray:
+    """Microphone element positions (m) in the ``mic`` frame; one channel per element."""
+
+    offsets_m: tuple[tuple[float, float, float], ...] = ((0.0, 0.0, 0.0),)
+
+    def __post_init__(self) -> None:
+        if not self.offsets_m or any(len(o) != 3 for o in self.offsets_m):
+            raise ValueError(f"offsets_m must be one or more (x, y, z), got {self.offsets_m}")
+
+    @property
+    def channels(self) -> int:
+        """The number of elements, hence of output channels."""
+        return len(self.offsets_m)
+
+    @classmethod
+    def linear(cls, channels: int, spacing_m: float = 0.05) -> MicArray:
+        """``channels`` elements along the mic frame's y axis, ``spacing_m`` apart, centred."""
+        if channels < 1:
+            raise ValueError(f"channels must be >= 1, got {channels}")
+        mid = (channels - 1) / 2
+        return cls(offsets_m=tuple((0.0, (i - mid) * spacing_m, 0.0) for i in range(channels)))
+
+
+# --- noise tables ------------------------------------------------------------------------------
+def _lowpass(f: np.ndarray, fc: float, order: int) -> np.ndarray:
+    return np.asarray(1.0 / np.sqrt(1.0 + (f / fc) ** (2 * order)))
+
+
+def _highpass(f: np.ndarray, fc: float, order: int) -> np.ndarray:
+    r = (f / fc) ** order
+    return np.asarray(r / np.sqrt(1.0 + r * r))
+
+
+def _shaped_noise(
+    seed: Sequence[int], n: int, rate_hz: float, shape: Callable[[np.ndarray], np.ndarray],
+    limit_hz: float,
+) -> np.ndarray:
+    """Seeded Gaussian noise of length ``n`` with amplitude spectrum ``shape``, RMS 1, periodic.
+
+    Shaping by FFT makes the table circular, so reading it in a loop has no seam; nothing above
+    ``limit_hz`` survives, so reading it at a lower rate does not alias. Two samples of the start
+    are appended so a linear read at ``n - epsilon`` needs no wrap.
+    """
+    spec = np.fft.rfft(np.random.default_rng(list(seed)).standard_normal(n))
+    f = np.fft.rfftfreq(n, 1.0 / rate_hz)
+    spec *= shape(np.maximum(f, 1e-3)) * (f < limit_hz)
+    x = np.fft.irfft(spec, n)
+    x /= math.sqrt(float(np.mean(x * x)))
+    return np.concatenate([x, x[:2]])
+
+
+def _read(table: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """Linear read of a padded periodic table at fractional sample positions ``pos``."""
+    p = np.remainder(pos, table.shape[0] - 2)
+    i = p.astype(np.intp)
+    a = table[i]
+    return np.asarray(a + (p - i) * (table[i + 1] - a))
+
+
+@functools.cache
+def _kind_table(name: str, rate_hz: int) -> tuple[np.ndarray, float]:
+    """A noise table shared by all sources of a kind (each reads it at its own offset and speed).
+
+    Returns the padded table and its sample rate. Broadband tables run at twice the output rate so
+    linear reads stay flat to well past the bands used; the rumble needs only 4 kHz.
+    """
+    top = 0.45 * rate_hz
+    seed = (_TABLE_SEEDS[name], rate_hz)
+    if name == "rumble":
+        shape = lambda f: _highpass(f, 25.0, 2) * _lowpass(f, 160.0, 3)  # noqa: E731
+        return _shaped_noise(seed, 2**15, 4000.0, shape, min(top, 1000.0)), 4000.0
+    fs = 2.0 * rate_hz
+    shapes: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+        # Tyre/road noise peaks around 1 kHz.
+        "tyre": lambda f: _highpass(f, 400.0, 2) * _lowpass(f, 1500.0, 2),
+        # A shoe on asphalt: a dull thud and a brighter scuff.
+        "scuff": lambda f: _highpass(f, 150.0, 2) * _lowpass(f, 2500.0, 2),
+        "chain": lambda f: _highpass(f, 900.0, 2) * _lowpass(f, 5000.0, 2),
+    }
+    return _shaped_noise(seed, 2**17, fs, shapes[name], top), fs
+
+
+# --- sources -----------------------------------------------------------------------------------
+class _Source:
+    """A source signal ``s(tau_rel)``: unit-power, a pure function of its parameters and time."""
+
+    def __call__(self, tau: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    @staticmethod
+    def _noise_reader(
+        rng: np.random.Generator, name: str, rate_hz: int, speed: tuple[float, float]
+    ) -> tuple[np.ndarray, float, float]:
+        # Each source reads the shared table at its own offset and speed (size of the engine,
+        # brightness of the tyres): distinct noises without a table per object.
+        table, fs = _kind_table(name, rate_hz)
+        scale = fs * float(rng.uniform(*speed))
+        offset = float(rng.uniform(0.0, table.shape[0] - 2))
+        return table, scale, offset
+
+
+def _harmonic_table(amp: np.ndarray, phase: np.ndarray, n: int = 4096) -> np.ndarray:
+    """One period of ``sum_m amp[m] cos(2 pi (m + 1) x + phase[m])`` at ``n`` points, RMS 1."""
+    spec = np.zeros(n // 2 + 1, complex)
+    spec[1 : amp.size + 1] = amp * np.exp(1j * phase)
+    x = np.fft.irfft(spec, n)
+    x /= math.sqrt(float(np.mean(x * x)))
+    return np.concatenate([x, x[:2]])
+
+
+class _Engine(_Source):
+    def __init__(self, sound: Sound, rng: np.random.Generator, rate_hz: int) -> None:
+        f0 = sound.freq_hz
+        # Orders in half-multiples of the firing frequency (a four-stroke cycle spans two
+        # firings): firing harmonics dominate, half-orders from cylinder imbalance are weaker.
+        m = np.arange(1, int(min(600.0, 0.45 * rate_hz) // (f0 / 2)) + 1)
+        f = m * f0 / 2
+        amp = np.where(m % 2 == 0, 1.0, 0.3) * (f0 / f) * _lowpass(f, 220.0, 2)
+        amp *= rng.uniform(0.6, 1.4, m.size)
+        self.table = _harmonic_table(amp, rng.uniform(0, 2 * np.pi, m.size))
+        self.cycles_per_s = f0 / 2 * (self.table.shape[0] - 2)
+        fm = float(rng.uniform(0.15, 0.5))  # RPM wander: +-1..3 % at a fraction of a hertz
+        self.wander_w = 2 * math.pi * fm
+        self.wander_ph = float(rng.uniform(0, 2 * math.pi))
+        self.wander = self.cycles_per_s * float(rng.uniform(0.01, 0.03)) / self.wander_w
+        self.rumble, self.r_scale, self.r_off = self._noise_reader(rng, "rumble", rate_hz,
+                                                                   (0.8, 1.25))
+        wh, wr = 0.85, 0.5
+        k = _UNIT_RMS / math.hypot(wh, wr)
+        self.wh, self.wr = wh * k, wr * k
+
+    def __call__(self, tau: np.ndarray) -> np.ndarray:
+        pos = tau * self.cycles_per_s + self.wander * np.sin(tau * self.wander_w + self.wander_ph)
+        h = _read(self.table, pos)
+        r = _read(self.rumble, tau * self.r_scale + self.r_off)
+        return np.asarray(self.wh * h + self.wr * r)
+
+
+class _EvTones(_Source):
+    def __init__(self, sound: Sound, rng: np.random.Generator, rate_hz: int) -> None:
+        # Table period = two periods of f: harmonic 2 is f, 3 is 1.5 f, 4 a faint 2 f from the
+        # small speaker's distortion.
+        amp = np.array([0.0, 1.0, float(rng.uniform(0.5, 0.8)), 0.08])
+        self.table = _harmonic_table(amp, rng.uniform(0, 2 * np.pi, 4))
+        self.cycles_per_s = sound.freq_hz / 2 * (self.table.shape[0] - 2)
+        self.am_depth = float(rng.uniform(0.2, 0.35))
+        self.am_w = 2 * math.pi * float(rng.uniform(1.0, 3.0))
+        self.am_ph = float(rng.uniform(0, 2 * math.pi))
+        self.tyre, self.n_scale, self.n_off = self._noise_reader(rng, "tyre", rate_hz, (0.85, 1.15))
+        wn = 0.15
+        self.wt = _UNIT_RMS / math.sqrt(1 + self.am_depth**2 / 2 + wn**2)
+        self.wn = wn * self.wt
+
+    def __call__(self, tau: np.ndarray) -> np.ndarray:
+        am = 1.0 + self.am_depth * np.sin(tau * self.am_w + self.am_ph)
+        tones = _read(self.table, tau * self.cycles_per_s)
+        return np.asarray(self.wt * am * tones + self.wn * _read(self.tyre, tau * self.n_scale
+                                                                 + self.n_off))
+
+
+def _burst_norm(rate: float, env: Callable[[np.ndarray], np.ndarray], amps: np.ndarray) -> float:
+    """The gain that gives bursts of envelope ``env`` repeating at ``rate`` Hz unit-sine power."""
+    u = (np.arange(4096) + 0.5) / 4096 / rate
+    return _UNIT_RMS / math.sqrt(float(np.mean(env(u) ** 2) * np.mean(amps**2)))
+
+
+class _Footsteps(_Source):
+    def __init__(self, sound: Sound, rng: np.random.Generator, rate_hz: int) -> None:
+        self.rate = sound.freq_hz
+        # Eight steps of per-step variety; even steps (one foot) louder than odd ones.
+        amps = np.where(np.arange(8) % 2 == 0, 1.0, float(rng.uniform(0.55, 0.75)))
+        amps = amps * rng.uniform(0.85, 1.15, 8)
+        self.attack = float(rng.uniform(0.002, 0.004))
+        self.decay = float(rng.uniform(0.025, 0.045))
+        self.scuff, self.n_scale, self.n_off = self._noise_reader(rng, "scuff", rate_hz,
+                                                                  (0.8, 1.25))
+        self.amps = amps * _burst_norm(self.rate, self._env, amps)
+
+    def _env(self, u: np.ndarray) -> np.ndarray:
+        return np.asarray(np.exp(-u / self.decay) * (1.0 - np.exp(-u / self.attack)))
+
+    def __call__(self, tau: np.ndarray) -> np.ndarray:
+        steps = tau * self.rate
+        k = np.floor(steps)
+        amp = self.amps[np.remainder(k, 8).astype(np.intp)]
+        env = self._env((steps - k) / self.rate)
+        return np.asarray(amp * env * _read(self.scuff, tau * self.n_scale + self.n_off))
+
+
+class _Freewheel(_Source):
+    def __init__(self, sound: Sound, rng: np.random.Generator, rate_hz: int) -> None:
+        self.rate = sound.freq_hz
+        self.ring_w = 2 * math.pi * min(float(rng.uniform(3000.0, 4500.0)), 0.35 * rate_hz)
+        self.decay = float(rng.uniform(0.001, 0.002))
+        amps = rng.uniform(0.7, 1.0, 4)  # four pawls, each its own click
+        self.chain, self.n_scale, self.n_off = self._noise_reader(rng, "chain", rate_hz,
+                                                                  (0.9, 1.1))
+        wc, wn = 0.95, 0.3
+        norm = _burst_norm(self.rate, self._click, amps) * wc / math.hypot(wc, wn)
+        self.amps = amps * norm
+        self.wn = _UNIT_RMS * wn / math.hypot(wc, wn)
+
+    def _click(self, u: np.ndarray) -> np.ndarray:
+        return np.asarray(np.exp(-u / self.decay) * np.sin(u * self.ring_w))
+
+    def __call__(self, tau: np.ndarray) -> np.ndarray:
+        clicks = tau * self.rate
+        k = np.floor(clicks)
+        amp = self.amps[np.remainder(k, 4).astype(np.intp)]
+        click = amp * self._click((clicks - k) / self.rate)
+        return np.asarray(click + self.wn * _read(self.chain, tau * self.n_scale + self.n_off))
+
+
+_SOURCES: dict[str, Callable[[Sound, np.random.Generator, int], _Source]] = {
+    "engine": _Engine, "ev_tones": _EvTones, "footsteps": _Footsteps, "freewheel": _Freewheel,
+}
+
+
+@functools.lru_cache(maxsize=512)
+def _source(sound: Sound, rate_hz: int) -> _Source:
+    try:
+        make = _SOURCES[sound.kind]
+    except KeyError:
+        raise ValueError(f"unknown sound kind {sound.kind!r}; expected one of: "
+                         f"{', '.join(_SOURCES)}") from None
+    return make(sound, np.random.default_rng([sound.seed, 0xA0D10]), rate_hz)
+
+
+def _time_ref(obj: WorldObject) -> float:
+    # Source time counts from the object's entry so phases stay precise over hours of world time.
+    return obj.t_enter_s if math.isfinite(obj.t_enter_s) else 0.0
+
+
+def source_signal(obj: WorldObject, tau_s: np.ndarray, *, rate_hz: int = 16000) -> np.ndarray:
+    """The unit-level signal ``s_obj`` that ``obj`` emits at world times ``tau_s`` (float64).
+
+    This is what :class:`MicRenderer` delays and scales (by ``level / max(d, 1 m)``); it ignores
+    whether the object is alive. Same shape as ``tau_s``.
+    """
+    tau = np.asarray(tau_s, np.float64)
+    return _source(obj.sound, rate_hz)(tau - _time_ref(obj))
+
+
+# --- propagation -------------------------------------------------------------------------------
+class _Track:
+    """One object as heard by the array: its source and its cached path and delay/gain knots."""
+
+    def __init__(self, obj: WorldObject, elements: np.ndarray, rate_hz: int) -> None:
+        self.obj = obj
+        self.source = _source(obj.sound, rate_hz)
+        self.t_ref = _time_ref(obj)
+        self.height = _SOURCE_HEIGHT_M[obj.sound.kind]
+        self.elements = [tuple(float(v) for v in e) for e in elements]
+        self._path: dict[int, tuple[float, float]] = {}
+        self._knots: dict[int, tuple[list[float], list[float]]] = {}
+        self._static: tuple[list[float], list[float]] | None = None
+        if len(obj.times_s) == 1:
+            x, y, _ = obj.pose(0.0)
+            self._static = self._delays_gains(lambda _t: (x, y), 0.0)
+
+    def _at(self, j: int) -> tuple[float, float]:
+        p = self._path.get(j)
+        if p is None:
+            if len(self._path) > 256:  # keep ~2 s behind the newest grid point
+                self._path = {i: q for i, q in self._path.items() if i >= j - 40}
+            x, y, _ = self.obj.pose(j / _PATH_RATE_HZ)
+            p = self._path[j] = (x, y)
+        return p
+
+    def _position(self, t: float) -> tuple[float, float]:
+        u = t * _PATH_RATE_HZ
+        j = math.floor(u)
+        a = u - j
+        (x0, y0), (x1, y1) = self._at(j), self._at(j + 1)
+        return x0 + a * (x1 - x0), y0 + a * (y1 - y0)
+
+    def _delays_gains(
+        self, position: Callable[[float], tuple[float, float]], g: float
+    ) -> tuple[list[float], list[float]]:
+        delays, gains = [], []
+        level, h = self.obj.sound.level, self.height
+        x, y = position(g)
+        for ex, ey, ez in self.elements:
+            d = math.sqrt((x - ex) ** 2 + (y - ey) ** 2 + (h - ez) ** 2)
+            # One fixed-point step: where the source was when the sound heard at g left it.
+            xs, ys = position(g - d / SPEED_OF_SOUND_MPS)
+            d = math.sqrt((xs - ex) ** 2 + (ys - ey) ** 2 + (h - ez) ** 2)
+            fade = min(1.0, max(0.0, (MAX_AUDIBLE_M - d) / (MAX_AUDIBLE_M - _FADE_FROM_M)))
+            delays.append(d / SPEED_OF_SOUND_MPS)
+            gains.append(level * fade / max(d, 1.0))
+        return delays, gains
+
+    def knots(self, k_lo: int, count: int) -> list[tuple[list[float], list[float]]]:
+        """Delays and gains per element at reception times ``k / 100 s`` for ``count`` ks."""
+        if self._static is not None:
+            return [self._static] * count
+        out = []
+        for k in range(k_lo, k_lo + count):
+            kn = self._knots.get(k)
+            if kn is None:
+                kn = self._knots[k] = self._delays_gains(self._position, k / _KNOT_RATE_HZ)
+            out.append(kn)
+        if len(self._knots) > 2 * count + 8:
+            self._knots = {k: v for k, v in self._knots.items() if k >= k_lo}
+        return out
+
+
+class MicRenderer:
+    """Renders the microphone (array) of a calibrated rig: sources, propagation and background."""
+
+    def __init__(
+        self,
+        cal: SensorCalibration,
+        *,
+        rate_hz: int = 16000,
+        channels: int = 1,
+        array: MicArray | None = None,
+        background_noise: float,
+        seed: int,
+    ) -> None:
+        """A renderer for the mic at ``cal``'s pose; ``array`` (default: ``channels`` elements
+        5 cm apart along the mic's y axis) gives the element offsets, ``background_noise`` the
+        background RMS (full scale 1) and ``seed`` the background's noise."""
+        if rate_hz < 1000:
+            raise ValueError(f"rate_hz must be >= 1000, got {rate_hz}")
+        if background_noise < 0:
+            raise ValueError(f"background_noise must be >= 0, got {background_noise}")
+        if array is None:
+            array = MicArray.linear(channels)
+        elif channels not in (1, array.channels):
+            raise ValueError(f"channels={channels} but the array has {array.channels} elements")
+        self.cal = cal
+        self.rate_hz = rate_hz
+        self.array = array
+        self.channels = array.channels
+        self.background_noise = background_noise
+        self.seed = seed
+        T = cal.T
+        #: Element positions in ``base_link`` (channels, 3).
+        self.element_positions_m = np.asarray(np.array(array.offsets_m) @ T[:3, :3].T + T[:3, 3])
+        self._tracks: dict[int, _Track] = {}
+        top = 0.45 * rate_hz
+        self._wind = _shaped_noise(
+            (seed, 0xB1D), _WIND_LEN, rate_hz,
+            lambda f: _highpass(f, 15.0, 2) / f * _lowpass(f, 2000.0, 1), top,
+        )[:-2]
+        self._traffic = _shaped_noise(
+            (seed, 0x7AF), _TRAFFIC_LEN, rate_hz,
+            lambda f: _highpass(f, 40.0, 2) / np.sqrt(f) * _lowpass(f, 1500.0, 2), top,
+        )[:-2]
+        # Channel e reads the tables e * 1000003 samples apart (independent backgrounds).
+        self._bg_offsets = np.arange(self.channels, dtype=np.int64) * 1_000_003
+        for name in _TABLE_SEEDS:  # build the shared tables now, not in the first chunk
+            _kind_table(name, rate_hz)
+
+    def render(self, objects: Sequence[WorldObject], t_s: np.ndarray) -> np.ndarray:
+        """Samples ``(n, channels)`` int16 (full scale 32767, clipped) at world times ``t_s`` (n,).
+
+        ``objects`` must hold every object that may be audible in the chunk, e.g.
+        ``world.objects_between(t_s[0] - MAX_DELAY_S, t_s[-1])``; extra ones cost time only. The
+        result depends only on the objects, the times and the seed, never on the chunking.
+        """
+        t = np.asarray(t_s, np.float64)
+        if t.ndim != 1:
+            raise ValueError(f"t_s must be one-dimensional, got shape {t.shape}")
+        p = np.zeros((t.size, self.channels))
+        if t.size:
+            self._add_sources(objects, t, p)
+            if self.background_noise > 0:
+                self._add_background(t, p)
+        return np.clip(np.rint(p * FULL_SCALE), -32768, 32767).astype(np.int16)
+
+    def _tracks_for(self, objects: Sequence[WorldObject]) -> list[_Track]:
+        # A fixed summation order (by id) so results do not depend on the caller's list order.
+        old, self._tracks = self._tracks, {}
+        for o in sorted(objects, key=lambda o: o.object_id):
+            tr = old.get(o.object_id)
+            if tr is None or tr.obj is not o:
+                tr = _Track(o, self.element_positions_m, self.rate_hz)
+            self._tracks[o.object_id] = tr
+        return list(self._tracks.values())
+
+    def _add_sources(self, objects: Sequence[WorldObject], t: np.ndarray, p: np.ndarray) -> None:
+        u = t * _KNOT_RATE_HZ
+        kf = np.floor(u)
+        k_lo = int(kf.min())
+        count = int(kf.max()) - k_lo + 2
+        delays: list[list[float]] = [[] for _ in range(count)]
+        gains: list[list[float]] = [[] for _ in range(count)]
+        active = []
+        for tr in self._tracks_for(objects):
+            kn = tr.knots(k_lo, count)
+            if not any(g > 0 for _, gs in kn for g in gs):
+                continue  # beyond MAX_AUDIBLE_M for the whole chunk
+            active.append(tr)
+            for row_d, row_g, (d, g) in zip(delays, gains, kn, strict=True):
+                row_d.extend(d)
+                row_g.extend(g)
+        if not active:
+            return
+        E = self.channels
+        idx = (kf - k_lo).astype(np.intp)
+        w = (u - kf)[:, None]
+        D, G = np.array(delays), np.array(gains)
+        d0, g0 = D[idx], G[idx]
+        tau = t[:, None] - (d0 + w * (D[idx + 1] - d0))
+        gain = g0 + w * (G[idx + 1] - g0)
+        lo, hi = tau.min(axis=0), tau.max(axis=0)
+        for j, tr in enumerate(active):
+            cols = slice(j * E, (j + 1) * E)
+            a, b = tr.obj.t_enter_s, tr.obj.t_exit_s
+            t_lo, t_hi = float(lo[cols].min()), float(hi[cols].max())
+            if t_hi < a or t_lo >= b:
+                continue  # not alive at any emission time of the chunk
+            tj = tau[:, cols]
+            c = gain[:, cols] * tr.source(tj - tr.t_ref)
+            # The ramps are exactly 1 away from the ends of life (same expression, monotone),
+            # so skipping them there gives the same bits as applying them.
+            if (t_lo - a) / _RAMP_S < 1.0 or (b - t_hi) / _RAMP_S < 1.0:
+                c *= np.clip((tj - a) / _RAMP_S, 0.0, 1.0) * np.clip((b - tj) / _RAMP_S, 0.0, 1.0)
+            p += c
+
+    def _add_background(self, t: np.ndarray, p: np.ndarray) -> None:
+        k = np.rint(t * self.rate_hz).astype(np.int64)[:, None] + self._bg_offsets
+        bg = 0.8 * self._wind[k % _WIND_LEN] + 0.6 * self._traffic[k % _TRAFFIC_LEN]
+        p += self.background_noise * bg

@@ -279,10 +279,16 @@ class NodeRunner:
             self._control.connect(self.spec.control)
 
     def run(self) -> int:
-        """Run until stopped; return the process exit code (0 clean, 1 failed setup)."""
+        """Run until stopped; return the process exit code (0 clean, 1 failed setup,
+        :data:`EXIT_CONFIG` when setup found the configuration wrong)."""
         self._open()
         try:
             self.node.setup()
+        except ConfigError as exc:
+            # A missing file or sensor named by the configuration: a restart cannot fix it.
+            log.error("%s: %s", self.spec.name, exc)
+            self._close()
+            return EXIT_CONFIG
         except Exception:
             log.error("%s: setup failed:\n%s", self.spec.name, traceback.format_exc())
             self._close()

@@ -125,3 +125,37 @@ class OneShotRecorder(Node):
                 self.stop()
 
         return fire
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProbeParams:
+    """Append one JSON line per received message to ``path``."""
+
+    path: str
+
+
+class SimProbe(Node):
+    """Writes what it receives from the simulated rig: topic, index, stamps, payload CRC."""
+
+    Params = ProbeParams
+    inputs = ("camera", "depth", "lidar", "mic", "truth")
+
+    def on_message(self, port: str, msg: Message) -> None:
+        import json
+        import zlib
+
+        crc = 0
+        for a in msg.arrays:
+            crc = zlib.crc32(np.ascontiguousarray(a).data, crc)
+        h = msg.header
+        line = {
+            "topic": msg.topic,
+            "index": h.meta.get("index"),
+            "crc": crc,
+            "t_sensor_ns": h.t_sensor_ns,
+            "t_host_ns": h.t_host_ns,
+            "t_ns": h.t_ns,
+            "received_ns": time.monotonic_ns(),
+        }
+        with open(self.params.path, "a") as f:
+            f.write(json.dumps(line) + "\n")

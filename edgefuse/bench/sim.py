@@ -152,15 +152,23 @@ def live(
         a, b = c0.get(p), c1.get(p)
         if a is not None and b is not None:
             nodes[names[p]] = {"cpu_share": round((b - a) / wall, 3)}
+    nominal = {TOPICS[k]: v for k, v in _NOMINAL_HZ.items()}
     topics = {}
-    for t in doc.get("topics", []) if isinstance(doc.get("topics"), list) else []:
-        topics[t.get("topic", "?")] = t
+    for name, t in (doc.get("topics") or {}).items():
+        rate = float(t.get("rate_hz", 0.0))
+        topics[name] = {
+            "messages": t.get("messages"),
+            "rate_hz": rate,
+            # Generated seconds per wall second for this sensor (drops make it slightly < 1).
+            "realtime_factor": round(rate / nominal[name], 3) if name in nominal else None,
+            "node_errors": (doc.get("nodes") or {}).get(t.get("node"), {}).get("errors"),
+        }
     return {
         "nodes": nodes,
         "cpu_share_total": round(sum(v["cpu_share"] for v in nodes.values()), 3),
         "window_s": round(wall, 2),
+        "topics": topics,
         "launcher_exit": proc.returncode,
-        "report": doc,
         "stderr_tail": err[-2000:] if proc.returncode else "",
     }
 
@@ -226,6 +234,8 @@ def format_table(doc: dict[str, Any]) -> str:
         lines.append("live:")
         for name, v in doc["live"]["nodes"].items():
             lines.append(f"  {name:7s} cpu {v['cpu_share']:.3f}")
+        for name, t in doc["live"]["topics"].items():
+            lines.append(f"  {name:14s} {t['rate_hz']:7.2f} Hz  x{t['realtime_factor']} real time")
         lines.append(f"  total cpu share {doc['live']['cpu_share_total']}")
     lines.append(f"goals: {doc['goals']}")
     return "\n".join(lines)

@@ -18,7 +18,7 @@ import numpy as np
 
 from edgefuse.calib.model import RigCalibration, load_calibration
 from edgefuse.errors import ConfigError
-from edgefuse.sim.audio import SPEED_OF_SOUND_MPS, MicRenderer
+from edgefuse.sim.audio import MAX_DELAY_S, MicRenderer
 from edgefuse.sim.camera import CameraRenderer
 from edgefuse.sim.clocks import SENSOR_IDS, ClocksConfig, SimClock, resolve_clock
 from edgefuse.sim.raycast import DepthRenderer, LidarRenderer
@@ -26,8 +26,6 @@ from edgefuse.sim.scenarios import Scenario, scenario
 from edgefuse.sim.truth import CLASS_NAMES, TRUTH_ARRAYS, TruthRenderer
 from edgefuse.sim.world import World
 
-#: Sound farther than this is not rendered (m); bounds how far back a chunk looks for sources.
-MAX_AUDIBLE_M = 150.0
 DEFAULT_RIG = "calibration/sim_rig.yaml"
 
 
@@ -45,7 +43,11 @@ class SimParams:
     start_delay_s: float = 2.0
 
     def __post_init__(self) -> None:
-        scenario(self.scenario)  # raises ConfigError listing the known ones
+        try:
+            scenario(self.scenario)
+            resolve_rig_path(self.rig)  # a missing calibration fails at validation, not at start
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
         if not 0 <= self.start_delay_s <= 60:
@@ -255,9 +257,7 @@ class MicSource(Source):
         taken = self.sample_times_s(k)
         described = taken + self.time_offset_s
         self.world.forget_before(float(described[0]) - 10.0)
-        objs = self.world.objects_between(
-            float(described[0]) - MAX_AUDIBLE_M / SPEED_OF_SOUND_MPS, float(described[-1])
-        )
+        objs = self.world.objects_between(float(described[0]) - MAX_DELAY_S, float(described[-1]))
         audio = self.renderer.render(objs, described)
         n0 = k * self.chunk
         assert self.clock.cfg.offset_s is not None

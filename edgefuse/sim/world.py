@@ -115,7 +115,8 @@ class Sound:
     level: float
     #: Fundamental or tone frequency (Hz), or event rate (Hz) for footsteps and clicks.
     freq_hz: float
-    #: Seed of the object's own noise table, so its sound is the same in every process.
+    #: Seed of the object's sound details (where it reads the shared noise tables), so its
+    #: sound is the same in every process.
     seed: int
 
 

@@ -73,11 +73,12 @@ class PinholeView:
             math.atan(max(self.K[1, 2], self.height - self.K[1, 2]) / self.K[1, 1]) + 0.05
         )
 
-    def may_see(self, obj: WorldObject, t_s: float) -> bool:
-        """False when ``obj`` is certainly outside the view at ``t_s`` (bounding-sphere test)."""
+    def may_see(self, obj: WorldObject, t_s: float, *, margin_m: float = 0.0) -> bool:
+        """False when ``obj`` (grown by ``margin_m``) is certainly outside the view at ``t_s``
+        (bounding-sphere test)."""
         x, y, _ = obj.pose(t_s)
         length, w, h = obj.size_m
-        radius = 0.5 * math.sqrt(length * length + w * w + h * h)
+        radius = 0.5 * math.sqrt(length * length + w * w + h * h) + margin_m
         c = self.to_camera(np.array([[x, y, h / 2]]))[0]
         dist = float(np.linalg.norm(c))
         if dist <= radius or (c[2] <= 0 and -c[2] < radius):
@@ -106,10 +107,20 @@ class PinholeView:
             return _clip_box(uv, -g, -g, g + self.width, g + self.height)
         return np.asarray(uv)
 
-    def faces(self, objects: list[WorldObject], t_s: float) -> list[FacePolygon]:
+    def faces(
+        self,
+        objects: list[WorldObject],
+        t_s: float,
+        meshes: dict[int, PosedMesh] | None = None,
+    ) -> list[FacePolygon]:
         """Visible faces of ``objects`` at ``t_s``, far to near (painter's order); each face
-        names its object by index into ``objects``."""
-        meshes = {i: posed_mesh(o, t_s) for i, o in enumerate(objects) if self.may_see(o, t_s)}
+        names its object by index into ``objects``. ``meshes`` may hold already posed ones."""
+        have = meshes or {}
+        meshes = {
+            i: have[i] if i in have else posed_mesh(o, t_s)
+            for i, o in enumerate(objects)
+            if self.may_see(o, t_s)
+        }
         dist = {
             i: float(np.linalg.norm(m.centroids.mean(0) - self.position)) for i, m in meshes.items()
         }
@@ -125,9 +136,15 @@ class PinholeView:
             return []
         v_cam = self.to_camera(m.vertices)
         depth = np.linalg.norm(to_cam, axis=1)
+        # Fast path: every vertex in front and near the image, so faces need no clipping.
+        uv_all = None
+        if (v_cam[:, 2] >= _NEAR_M).all():
+            uv_all = v_cam[:, :2] / v_cam[:, 2:3] * np.diag(self.K)[:2] + self.K[:2, 2]
+            if np.abs(uv_all).max() > 4.0 * max(self.width, self.height):
+                uv_all = None
         out = []
         for f in sorted(np.nonzero(facing)[0], key=lambda j: -depth[j]):
-            px = self.polygon(v_cam[m.faces[f]])
+            px = uv_all[m.faces[f]] if uv_all is not None else self.polygon(v_cam[m.faces[f]])
             if px is not None:
                 out.append(
                     FacePolygon(
@@ -193,6 +210,21 @@ def fill(img: np.ndarray, px: np.ndarray, color: Any, *, aa: bool = True) -> Non
     """Fill a convex polygon given in float pixel coordinates (sub-pixel exact)."""
     pts = np.round(px * (1 << _SHIFT)).astype(np.int32)
     cv2.fillConvexPoly(img, pts, color, cv2.LINE_AA if aa else cv2.LINE_8, _SHIFT)
+
+
+def fill_many(
+    img: np.ndarray, polys: list[np.ndarray], colors: list[Any], *, aa: bool = True
+) -> None:
+    """Fill convex polygons in order (later ones on top), converting all vertices at once."""
+    if not polys:
+        return
+    pts = np.round(np.concatenate(polys) * (1 << _SHIFT)).astype(np.int32)
+    line = cv2.LINE_AA if aa else cv2.LINE_8
+    start = 0
+    for poly, color in zip(polys, colors, strict=True):
+        end = start + len(poly)
+        cv2.fillConvexPoly(img, pts[start:end], color, line, _SHIFT)
+        start = end
 
 
 class CameraRenderer:
@@ -308,10 +340,15 @@ class CameraRenderer:
         """Frame ``k``: the world at ``t_s`` as the camera sees it (bgr8, lens-distorted)."""
         img = self.background.copy()
         v = self.view
+        meshes: dict[int, PosedMesh] = {}
         if self.lighting == "day":
-            self._shadows(img, [posed_mesh(o, t_s) for o in objects])
-        for face in v.faces(objects, t_s):
-            fill(img, face.pixels, self.shade(face))
+            # A low sun casts shadows up to ~2 heights away: widen the view test by that.
+            for i, o in enumerate(objects):
+                if v.may_see(o, t_s, margin_m=2.0 * o.size_m[2]):
+                    meshes[i] = posed_mesh(o, t_s)
+            self._shadows(img, list(meshes.values()))
+        faces = v.faces(objects, t_s, meshes)
+        fill_many(img, [f.pixels for f in faces], [self.shade(f) for f in faces])
         out = cv2.remap(img, self._map1, self._map2, cv2.INTER_LINEAR)
         rng = np.random.default_rng([self.seed, 0xCA3E7A, k])
         i = int(rng.integers(len(self._noise_pos)))
@@ -328,7 +365,7 @@ class CameraRenderer:
             # The shadow is the convex hull of the mesh projected along the sun onto z = 0.
             ground = (m.vertices - (m.vertices[:, 2:3] / _SUN[2]) * _SUN)[:, :2]
             hull = cv2.convexHull(ground.astype(np.float32)).reshape(-1, 2).astype(np.float64)
-            px = v.polygon(v.to_camera(np.c_[hull, np.zeros(len(hull))]))
+            px = v.polygon(v.to_camera(np.column_stack([hull, np.zeros(len(hull))])))
             if px is None:
                 continue
             x0, y0 = np.floor(px.min(0)).astype(int).clip(0, [v.width, v.height])

@@ -14,6 +14,7 @@ vehicle's warning tones) tells them apart.
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 from typing import Literal
@@ -138,20 +139,30 @@ class WorldObject:
     wobble_hz: float = 0.0
     sound: Sound
 
+    def __post_init__(self) -> None:
+        pts = [(float(r[0]), float(r[1]), float(r[2]) if len(r) > 2 else 0.0) for r in self.xy_m]
+        object.__setattr__(self, "_path", ([float(t) for t in self.times_s], pts))
+
+    _path: tuple[list[float], list[tuple[float, float, float]]] = field(
+        init=False, repr=False, compare=False
+    )
+
     def alive(self, t_s: float) -> bool:
         """Whether the object is in the world at ``t_s``."""
         return self.t_enter_s <= t_s < self.t_exit_s
 
     def pose(self, t_s: float) -> tuple[float, float, float]:
         """``(x, y, yaw)`` of the object's ground-centre at ``t_s`` (clamped to its life)."""
-        ts, xy = self.times_s, self.xy_m
+        # Plain floats, not numpy: this runs for every object of every sample of every sensor.
+        ts, pts = self._path
         if len(ts) == 1:
-            return float(xy[0, 0]), float(xy[0, 1]), float(xy[0, 2]) if xy.shape[1] > 2 else 0.0
-        i = int(np.clip(np.searchsorted(ts, t_s, side="right") - 1, 0, len(ts) - 2))
-        a = float(np.clip((t_s - ts[i]) / (ts[i + 1] - ts[i]), 0.0, 1.0))
-        d = xy[i + 1, :2] - xy[i, :2]
-        yaw = math.atan2(float(d[1]), float(d[0]))
-        x, y = xy[i, :2] + a * d
+            return pts[0]
+        i = min(max(bisect.bisect_right(ts, t_s) - 1, 0), len(ts) - 2)
+        a = min(max((t_s - ts[i]) / (ts[i + 1] - ts[i]), 0.0), 1.0)
+        (x0, y0, _), (x1, y1, _) = pts[i], pts[i + 1]
+        dx, dy = x1 - x0, y1 - y0
+        yaw = math.atan2(dy, dx)
+        x, y = x0 + a * dx, y0 + a * dy
         if self.wobble_m:
             s = self.wobble_m * math.sin(2 * math.pi * self.wobble_hz * (t_s - self.t_enter_s))
             x, y = x - s * math.sin(yaw), y + s * math.cos(yaw)

@@ -245,9 +245,10 @@ class LidarRenderer:
         t = self._t_ground.copy()
         cos = self._cos_ground.copy()
         refl = np.full(len(t), _GROUND_REFLECTIVITY)
-        objs = [o for o in world_objects if o.alive(self.seen_time(o, sweep_start_s, sweep_s))]
+        seen = [(o, self.seen_time(o, sweep_start_s, sweep_s)) for o in world_objects]
+        objs = [o for o, t_seen in seen if o.alive(t_seen)]
         if objs:
-            posed = [posed_mesh(o, self.seen_time(o, sweep_start_s, sweep_s)) for o in objs]
+            posed = [posed_mesh(o, t_seen) for o, t_seen in seen if o.alive(t_seen)]
             scene = _scene([(p.vertices, p.triangles) for p in posed])
             t_obj, gid, normals = _cast(scene, self.origin, self._dirs)
             closer = t_obj < t

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -42,7 +42,7 @@ class ObjectClass:
     reflectivity: float
     motion: Motion
     speed_mps: tuple[float, float]
-    #: Mean lifetime-independent spawn weight; scenarios scale it.
+    #: What it sounds like (see :mod:`edgefuse.sim.audio`).
     sound: Literal["engine", "ev_tones", "footsteps", "freewheel"]
     #: Sound pressure amplitude at 1 m, full scale = 1.0 at the microphone.
     sound_level: float
@@ -50,34 +50,24 @@ class ObjectClass:
 
 _VEHICLE_PALETTE = ((40, 40, 40), (200, 200, 200), (30, 30, 150), (140, 80, 20), (90, 90, 90))
 
-#: The classes of the simulated world, by id. ``car`` and ``ev`` differ only by sound.
+_CAR = ObjectClass(
+    name="car",
+    class_id=0,
+    shape="car",
+    size_min_m=(3.9, 1.7, 1.4),
+    size_max_m=(4.8, 1.9, 1.6),
+    palette_bgr=_VEHICLE_PALETTE,
+    reflectivity=0.55,
+    motion="lane",
+    speed_mps=(6.0, 14.0),
+    sound="engine",
+    sound_level=0.12,
+)
+
+#: The classes of the simulated world, by id. ``ev`` is a ``car`` that sounds different.
 CLASSES: tuple[ObjectClass, ...] = (
-    ObjectClass(
-        name="car",
-        class_id=0,
-        shape="car",
-        size_min_m=(3.9, 1.7, 1.4),
-        size_max_m=(4.8, 1.9, 1.6),
-        palette_bgr=_VEHICLE_PALETTE,
-        reflectivity=0.55,
-        motion="lane",
-        speed_mps=(6.0, 14.0),
-        sound="engine",
-        sound_level=0.12,
-    ),
-    ObjectClass(
-        name="ev",
-        class_id=1,
-        shape="car",
-        size_min_m=(3.9, 1.7, 1.4),
-        size_max_m=(4.8, 1.9, 1.6),
-        palette_bgr=_VEHICLE_PALETTE,
-        reflectivity=0.55,
-        motion="lane",
-        speed_mps=(6.0, 14.0),
-        sound="ev_tones",
-        sound_level=0.05,
-    ),
+    _CAR,
+    replace(_CAR, name="ev", class_id=1, sound="ev_tones", sound_level=0.05),
     ObjectClass(
         name="pedestrian",
         class_id=2,

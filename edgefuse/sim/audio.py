@@ -298,6 +298,17 @@ def _burst_norm(rate: float, env: Callable[[np.ndarray], np.ndarray], amps: np.n
     return _UNIT_RMS / math.sqrt(float(np.mean(env(u) ** 2) * np.mean(amps**2)))
 
 
+def _event_phase(tau: np.ndarray, rate: float, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """For periodic events at ``rate`` Hz: the fraction of the period elapsed at ``tau`` and
+    which of ``n`` (a power of two) cycling events it belongs to."""
+    events = tau * rate
+    k = np.floor(events)
+    i = k.astype(np.int64)
+    i &= n - 1
+    events -= k
+    return events, i
+
+
 class _Footsteps(_Source):
     def __init__(self, sound: Sound, rng: np.random.Generator, rate_hz: int) -> None:
         self.rate = sound.freq_hz
@@ -315,11 +326,7 @@ class _Footsteps(_Source):
         return np.asarray(np.exp(frac * self.c1) - np.exp(frac * self.c2))
 
     def __call__(self, tau: np.ndarray) -> np.ndarray:
-        steps = tau * self.rate
-        k = np.floor(steps)
-        i = k.astype(np.int64)
-        i &= 7
-        steps -= k
+        steps, i = _event_phase(tau, self.rate, 8)
         out = self._env(steps)
         out *= self.amps.take(i)
         out *= self.scuff(tau)
@@ -343,11 +350,7 @@ class _Freewheel(_Source):
         return np.asarray(np.exp(frac * self.c_decay) * np.sin(frac * self.c_ring))
 
     def __call__(self, tau: np.ndarray) -> np.ndarray:
-        clicks = tau * self.rate
-        k = np.floor(clicks)
-        i = k.astype(np.int64)
-        i &= 3
-        clicks -= k
+        clicks, i = _event_phase(tau, self.rate, 4)
         out = self._click(clicks)
         out *= self.amps.take(i)
         out += self.chain(tau)

@@ -135,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_sim(sub)
 
+    from edgefuse.sync.cli import register as register_sync
+
+    register_sync(sub)
+
     bench = sub.add_parser(
         "bench", help="benchmarks (edgefuse bench transport --json)", add_help=False
     )

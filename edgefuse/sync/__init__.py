@@ -1,0 +1,1 @@
+"""Time: clock models, the aligner, and offline association of stamp files."""

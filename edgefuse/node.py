@@ -54,6 +54,7 @@ BUILTIN_NODES: dict[str, str] = {
     "sim_lidar": "edgefuse.sim.nodes:SimLidarNode",
     "sim_mic": "edgefuse.sim.nodes:SimMicNode",
     "sim_truth": "edgefuse.sim.nodes:SimTruthNode",
+    "aligner": "edgefuse.sync.node:AlignerNode",
 }
 
 
@@ -89,6 +90,12 @@ class Node:
         self._runner = runner
         self.log = logging.getLogger(f"edgefuse.node.{name}")
 
+    @classmethod
+    def input_ports(cls, params: Any) -> Sequence[str]:
+        """The input ports of a node built with ``params``: :attr:`inputs` unless the node's
+        ports depend on its configuration (the aligner has one per configured stream)."""
+        return cls.inputs
+
     # --- hooks -------------------------------------------------------------------------
     def setup(self) -> None:
         """Called once in the node's process before any message or timer."""
@@ -98,6 +105,11 @@ class Node:
 
     def teardown(self) -> None:
         """Called once when the node stops (also after a failure in a callback)."""
+
+    def counters(self) -> Mapping[str, int | float]:
+        """The node's own counters, sent with its statistics and shown in the status table
+        (flat names, small numbers: ``sets``, ``partial``, ``late``, ...)."""
+        return {}
 
     # --- services ------------------------------------------------------------------------
     @property
@@ -399,6 +411,11 @@ class NodeRunner:
             bad = self.subscriber.unattributed
             if bad.malformed:
                 received["?"] = {"malformed": dict(bad.malformed)}
+        counters: dict[str, int | float] = {}
+        try:
+            counters = dict(self.node.counters())
+        except Exception as exc:  # a broken counters() must not stop the statistics
+            self.errors[f"counters:{type(exc).__name__}"] += 1
         return {
             "node": self.spec.name,
             "pid": os.getpid(),
@@ -406,6 +423,7 @@ class NodeRunner:
             "published": published,
             "received": received,
             "errors": dict(self.errors),
+            "counters": counters,
         }
 
     def _report(self, sent_latency: dict[str, int]) -> None:

@@ -202,17 +202,18 @@ def validate(data: Any, *, src: config.Source, path: Path) -> Pipeline:
         merged = {**shared, **nc.params}
         node_src = _SharedSource(src.file, src.lines, node=name, shared=frozenset(shared))
         params = config.build(cls.Params, merged, src=node_src, path=("nodes", name, "params"))
+        ports = list(cls.input_ports(params))
         for port, topic in nc.inputs.items():
             where = src.where(("nodes", name, "inputs", port))
-            if port not in cls.inputs:
-                known = ", ".join(cls.inputs) or "none"
+            if port not in ports:
+                known = ", ".join(ports) or "none"
                 raise ConfigError(
                     f"{where}: {nc.type} has no input port {port!r}; expected one of: {known}"
                 )
             if topic not in outputs:
                 known = ", ".join(sorted(outputs)) or "none"
                 raise ConfigError(f"{where}: no node publishes {topic!r}; topics are: {known}")
-        missing = [p for p in cls.inputs if p not in nc.inputs]
+        missing = [p for p in ports if p not in nc.inputs]
         if missing:
             raise ConfigError(
                 f"{src.where(('nodes', name, 'inputs'))}: input port(s) {', '.join(missing)} of "

@@ -52,6 +52,7 @@ class StatusBoard:
         self.topics = topics
         self._agg: dict[str, _TopicAgg] = {t: _TopicAgg() for t in topics}
         self.node_errors: dict[str, dict[str, int]] = {}
+        self.node_counters: dict[str, dict[str, int | float]] = {}
         self.unattributed: dict[str, int] = defaultdict(int)
         self.started = time.monotonic()
 
@@ -81,6 +82,8 @@ class StatusBoard:
             agg.recent_ns.extend(int(x) for x in samples)
         if report.get("errors"):
             self.node_errors[node] = dict(report["errors"])
+        if report.get("counters"):
+            self.node_counters[node] = dict(report["counters"])
 
     def _rate(self, agg: _TopicAgg, window_s: float = 2.0) -> tuple[float, float]:
         if len(agg.history) < 2:
@@ -115,12 +118,18 @@ class StatusBoard:
                 f"{sum(agg.malformed().values()):5d} {lat_s:>16}"
             )
         lines.append("")
-        lines.append(f"{'NODE':<16} {'TYPE':<16} {'PID':>8} {'STATE':<10} {'RESTARTS':>8} ERRORS")
+        lines.append(
+            f"{'NODE':<16} {'TYPE':<16} {'PID':>8} {'STATE':<10} {'RESTARTS':>8} {'ERRORS':>6} "
+            "COUNTERS"
+        )
         for n in nodes:
             errs = sum(self.node_errors.get(n["name"], {}).values())
+            counters = " ".join(
+                f"{k}={_short(v)}" for k, v in self.node_counters.get(n["name"], {}).items()
+            )
             lines.append(
                 f"{n['name']:<16} {n['type'][:16]:<16} {n.get('pid') or '-':>8} {n['state']:<10} "
-                f"{n['restarts']:8d} {errs}"
+                f"{n['restarts']:8d} {errs:6d} {counters}"
             )
         return "\n".join(lines)
 
@@ -157,6 +166,16 @@ class StatusBoard:
             "topics": topics,
             "unattributed_malformed": dict(self.unattributed),
             "nodes": {
-                n["name"]: {**n, "errors": self.node_errors.get(n["name"], {})} for n in nodes
+                n["name"]: {
+                    **n,
+                    "errors": self.node_errors.get(n["name"], {}),
+                    "counters": self.node_counters.get(n["name"], {}),
+                }
+                for n in nodes
             },
         }
+
+
+def _short(v: int | float) -> str:
+    """A counter value for the table: ints as they are, floats with 3 significant digits."""
+    return str(v) if isinstance(v, int) else f"{v:.3g}"

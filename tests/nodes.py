@@ -159,3 +159,51 @@ class SimProbe(Node):
         }
         with open(self.params.path, "a") as f:
             f.write(json.dumps(line) + "\n")
+
+
+class SetProbe(Node):
+    """Writes one JSON line per aligned set: its time, mask, members' times and shapes."""
+
+    Params = ProbeParams
+    inputs = ("sets",)
+
+    def on_message(self, port: str, msg: Message) -> None:
+        import json
+
+        from edgefuse.sync.aligned_set import AlignedSet
+
+        s = AlignedSet.from_message(msg)
+        members = {}
+        for name, m in s.members.items():
+            members[name] = {
+                "present": m.present,
+                "t_ns": m.info.get("t_ns"),
+                "shapes": [list(a.shape) for a in m.arrays],
+                "reason": m.reason,
+                "info": {k: v for k, v in m.info.items() if k != "meta"},
+            }
+        line = {
+            "t_ns": s.t_ns,
+            "seq": msg.header.seq,
+            "mask": s.mask,
+            "timed_out": s.timed_out,
+            "wait_ns": s.wait_ns,
+            "received_ns": time.monotonic_ns(),
+            "members": members,
+        }
+        with open(self.params.path, "a") as f:
+            f.write(json.dumps(line) + "\n")
+
+
+class BadAudio(Node):
+    """Publishes audio chunks without a sample rate in ``meta`` (malformed for the aligner)."""
+
+    outputs = {"audio": "s16le"}
+
+    def setup(self) -> None:
+        self.n = 0
+        self.every(0.01, self.tick)
+
+    def tick(self) -> None:
+        self.publish("audio", [np.zeros((160, 1), np.int16)], t_sensor_ns=self.n * 10_000_000)
+        self.n += 1

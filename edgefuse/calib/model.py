@@ -156,6 +156,21 @@ class RigCalibration:
         return np.asarray(np.linalg.inv(T_b_to) @ T_b_frm)
 
 
+def find_calibration(path: str | Path) -> Path:
+    """Find a rig calibration file: as given (absolute, or relative to the working directory),
+    else relative to the edgefuse checkout (``calibration/sim_rig.yaml`` works from anywhere
+    in a source install). Raises ``ConfigError`` naming both places looked at."""
+    p = Path(path)
+    if p.is_absolute() or p.exists():
+        return p
+    repo = Path(__file__).resolve().parents[2] / p
+    if repo.exists():
+        return repo
+    raise ConfigError(
+        f"rig calibration {str(path)!r} not found (relative to {Path.cwd()} or {repo})"
+    )
+
+
 def load_calibration(path: str | Path) -> RigCalibration:
     """Read ``calibration/<rig>.yaml``; ``ConfigError`` naming the file, line and key on errors."""
     data, src = config.load_yaml(path)

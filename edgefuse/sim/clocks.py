@@ -35,8 +35,11 @@ class ClockConfig:
     drift_ppm: float | None = None
     #: Fixed delay (ms) from the stamped instant to delivery on the host.
     latency_ms: float = 5.0
-    #: Mean of the one-sided delivery jitter (ms), gamma-distributed with shape 2.
+    #: Mean of the one-sided delivery jitter (ms), gamma-distributed with shape ``jitter_shape``.
     jitter_ms: float = 1.0
+    #: Shape of the jitter's gamma distribution: 1.0 is exponential (many deliveries at the
+    #: minimum latency), larger is more bell-shaped (few deliveries near the minimum).
+    jitter_shape: float = 2.0
     #: Probability that a sample is never delivered.
     drop_rate: float = 0.0
     #: Mean time between clock resets (s), 0 for never. A reset restarts the clock at 0.
@@ -49,6 +52,8 @@ class ClockConfig:
     def __post_init__(self) -> None:
         if self.latency_ms < 0 or self.jitter_ms < 0:
             raise ValueError("latency_ms and jitter_ms must be >= 0")
+        if not self.jitter_shape > 0 or not math.isfinite(self.jitter_shape):
+            raise ValueError(f"jitter_shape must be a finite number > 0, got {self.jitter_shape}")
         if not 0 <= self.drop_rate < 1:
             raise ValueError(f"drop_rate must be in [0, 1), got {self.drop_rate}")
         if self.reset_interval_s < 0 or self.wrap_s < 0 or self.resolution_ns < 1:
@@ -173,7 +178,8 @@ class SimClock:
         rng = np.random.default_rng([self.seed, SENSOR_IDS[self.sensor], 0xDE11, k])
         if rng.random() < cfg.drop_rate:
             return None
-        jitter_ms = float(rng.gamma(2.0, cfg.jitter_ms / 2.0)) if cfg.jitter_ms > 0 else 0.0
+        shape = cfg.jitter_shape
+        jitter_ms = float(rng.gamma(shape, cfg.jitter_ms / shape)) if cfg.jitter_ms > 0 else 0.0
         return w_s + (cfg.latency_ms + jitter_ms) * 1e-3
 
     def describe(self, *, epoch_ns: int, time_offset_ns: int) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from edgefuse.calib.model import RigCalibration, load_calibration
+from edgefuse.calib.model import RigCalibration, find_calibration, load_calibration
 from edgefuse.errors import ConfigError
 from edgefuse.sim.audio import MAX_DELAY_S, MicRenderer
 from edgefuse.sim.camera import CameraRenderer
@@ -55,14 +55,8 @@ class SimParams:
 
 
 def resolve_rig_path(path: str) -> Path:
-    """Find a rig calibration file: as given, else relative to the edgefuse checkout."""
-    p = Path(path)
-    if p.is_absolute() or p.exists():
-        return p
-    repo = Path(__file__).resolve().parents[2] / p
-    if repo.exists():
-        return repo
-    raise ConfigError(f"rig calibration {path!r} not found (relative to {Path.cwd()} or {repo})")
+    """Find a rig calibration file (see :func:`edgefuse.calib.model.find_calibration`)."""
+    return find_calibration(path)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -124,6 +118,21 @@ class Source:
     def delivery_s(self, k: int) -> float | None:
         """When sample ``k`` reaches the host (world s), None if the sensor drops it."""
         return self.clock.delivery(k, self.t_world_s(k))
+
+    def min_delay_ms(self) -> float:
+        """The least delay from a sample's stamped instant to its arrival on the host: what a
+        user calibrates as the stream's ``latency_ms`` in the aligner (delivery is counted
+        from the instant a sample describes, which is ``time_offset`` after its stamp)."""
+        return self.clock.cfg.latency_ms + self.time_offset_s * 1e3
+
+    def timing(self, k: int) -> tuple[float, int, float] | None:
+        """``(t_world_s, t_sensor_ns, delivery_s)`` of sample ``k`` without rendering it (what
+        clock and aligner benchmarks need); None when it is dropped."""
+        delivery = self.delivery_s(k)
+        if delivery is None:
+            return None
+        t = self.t_world_s(k)
+        return t, self.stamp_ns(t), delivery
 
     def sample(self, k: int) -> Sample | None:
         """Sample ``k``, rendered; None when it is dropped (never delivered)."""
@@ -187,6 +196,10 @@ class LidarSource(Source):
         super().__init__(params, rate_hz=rate_hz, rig=rig)
         self.renderer = LidarRenderer(self.cal, seed=params.seed)
 
+    def min_delay_ms(self) -> float:
+        # A sweep is stamped at its start and published once complete.
+        return super().min_delay_ms() + self.period_s * 1e3
+
     def delivery_s(self, k: int) -> float | None:
         # A sweep is published once it is complete.
         d = self.clock.delivery(k, self.t_world_s(k))
@@ -243,12 +256,29 @@ class MicSource(Source):
         n = np.arange(k * self.chunk, (k + 1) * self.chunk)
         return np.asarray(n / (self.rate_hz * self.clock.rate))
 
+    def min_delay_ms(self) -> float:
+        # Stamped at its first sample, delivered after its last one.
+        return self.clock.cfg.latency_ms + (self.chunk - 1) / self.rate_hz * 1e3
+
     def delivery_s(self, k: int) -> float | None:
         # A chunk is delivered once its last sample is in.
         return self.clock.delivery(k, float(self.sample_times_s(k)[-1]))
 
     def stamp_ns(self, t_world_s: float) -> int:
-        raise AssertionError("the microphone stamps by sample count (see render)")
+        raise AssertionError("the microphone stamps by sample count (see chunk_stamp_ns)")
+
+    def chunk_stamp_ns(self, k: int) -> int:
+        """The stamp of chunk ``k``: its first sample's count over the nominal rate, in exact
+        integer ns (the sample counter is the clock, never the wall clock)."""
+        assert self.clock.cfg.offset_s is not None
+        return round(self.clock.cfg.offset_s * 1e9) + k * self.chunk * 1_000_000_000 // self.rate_hz
+
+    def timing(self, k: int) -> tuple[float, int, float] | None:
+        delivery = self.delivery_s(k)
+        if delivery is None:
+            return None
+        taken0 = k * self.chunk / (self.rate_hz * self.clock.rate)
+        return taken0 + self.time_offset_s, self.chunk_stamp_ns(k), delivery
 
     def sample(self, k: int) -> Sample | None:
         delivery = self.delivery_s(k)
@@ -260,9 +290,7 @@ class MicSource(Source):
         objs = self.world.objects_between(float(described[0]) - MAX_DELAY_S, float(described[-1]))
         audio = self.renderer.render(objs, described)
         n0 = k * self.chunk
-        assert self.clock.cfg.offset_s is not None
-        # The sample counter is the clock: exact integer ns, never the wall clock.
-        stamp = round(self.clock.cfg.offset_s * 1e9) + n0 * 1_000_000_000 // self.rate_hz
+        stamp = self.chunk_stamp_ns(k)
         return Sample(
             sensor=self.sensor,
             stream=self.stream,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -85,3 +87,33 @@ def test_clock_config_typos_are_named() -> None:
         config.build(ClocksConfig, {"camera": {"drift_pmm": 3}})
     with pytest.raises(ConfigError, match="drop_rate"):
         config.build(ClocksConfig, {"lidar": {"drop_rate": 1.5}})
+
+
+def test_jitter_shape_defaults_to_the_historic_gamma_and_can_be_exponential() -> None:
+    cfg = ClockConfig(offset_s=0.0, drift_ppm=0.0, latency_ms=10.0, jitter_ms=3.0, drop_rate=0.01)
+    clock = SimClock("camera", cfg, seed=4)
+    # The default (shape 2) reproduces the deliveries drawn before the option existed, so
+    # recordings made with it do not change.
+    for k in range(200):
+        rng = np.random.default_rng([4, 1, 0xDE11, k])
+        expected = None if rng.random() < 0.01 else k + (10.0 + rng.gamma(2.0, 1.5)) * 1e-3
+        assert clock.delivery(k, float(k)) == expected
+    # Shape 1 is exponential: same mean, but many more deliveries close to the minimum latency.
+    expo = SimClock("camera", replace(cfg, jitter_shape=1.0), seed=4)
+    jit = {name: [] for name in ("gamma2", "expo")}
+    for k in range(4000):
+        for name, c in (("gamma2", clock), ("expo", expo)):
+            d = c.delivery(k, float(k))
+            if d is not None:
+                jit[name].append((d - k) * 1e3 - 10.0)
+    assert min(jit["expo"]) >= 0.0
+    assert np.mean(jit["expo"]) == pytest.approx(3.0, abs=0.2)
+    near = {name: np.mean(np.asarray(v) < 0.3) for name, v in jit.items()}
+    assert near["expo"] == pytest.approx(1 - np.exp(-0.1), abs=0.02)  # P(X < 0.1 mean)
+    assert near["gamma2"] < near["expo"] / 3
+
+
+@pytest.mark.parametrize("shape", [0.0, -1.0, float("nan"), float("inf")])
+def test_jitter_shape_must_be_positive(shape: float) -> None:
+    with pytest.raises(ValueError, match="jitter_shape"):
+        ClockConfig(jitter_shape=shape)

@@ -6,7 +6,6 @@ import contextlib
 import io
 import json
 import random
-import time
 from pathlib import Path
 from typing import Any
 
@@ -144,12 +143,9 @@ def test_cli_on_tum_prints_exactly_the_associate_py_output() -> None:
     assert "mean -3.436 ms" in r.stderr
 
 
-def test_tum_nearest_is_fast_and_its_differences_match_the_readme() -> None:
-    t0 = time.perf_counter()
+def test_tum_nearest_differences_match_the_readme() -> None:
     files = [read_stamp_file(TUM / "rgb.txt"), read_stamp_file(TUM / "depth.txt")]
     result = associate_nearest(files)
-    elapsed = time.perf_counter() - t0
-    assert elapsed < 1.0, f"{elapsed:.2f} s"  # about 20 ms
     assert len(result.sets) == 792
     (stats,) = result.stats()
     # README: pairs differ by 3.4 ms on average, at most 17.2 ms (depth before rgb).

@@ -60,36 +60,16 @@ the held rate until new data replace it; the bound grows with the distance from 
 
 from __future__ import annotations
 
-import bisect
 import math
 import numbers
 from dataclasses import dataclass
 from typing import Literal
 
-#: Rank of the residuals whose spread (above the lowest) sets the bound's ``G``.
-BOUND_RANK = 8
-#: (shape statistic, factor on the spread) at the two ends of the jitter's tail shapes:
-#: ``log((r32 - r1) / (r16 - r1))`` of a block's 32 lowest residuals is ~0.6 for gamma
-#: jitter of shape 2 and ~0.9 for exponential jitter; interpolated between, clamped outside.
-#: Calibrated on the simulated clocks for a coverage of at least 95 %.
-SHAPE_TABLE = ((0.70, 1.25), (0.80, 0.6))
-#: The shape statistic is a running mean over this many blocks.
-_SHAPE_BLOCKS = 8
-#: Lowest points (by residual at arrival) the open block keeps (for the shape statistic),
-#: and how many of them stay candidates for the bound's spreads once the block is closed.
-_LOW_KEEP = 32
-_LOW_BOUND = 12
-#: Blocks per window.
-_BLOCKS = 4
-#: Refit on every point until this many points since the start or a reset.
-_EAGER_POINTS = 48
-#: Scheduled refits (refreshing the bound): after ``_REFIT_MAX`` points, or after
-#: ``_REFIT_MIN`` points spanning ``window / _REFIT_FRACTION`` of stamps.
-_REFIT_MIN = 8
-_REFIT_MAX = 256
-_REFIT_FRACTION = 8
-#: Between refits, whether one is due is checked every this many points.
-_CHECK_EVERY = 8
+# The window and the LP live in _lower_envelope; the bound's constants stay importable here.
+from edgefuse.sync._lower_envelope import BOUND_RANK as BOUND_RANK
+from edgefuse.sync._lower_envelope import REFIT_MIN, LowerEnvelope
+from edgefuse.sync._lower_envelope import SHAPE_TABLE as SHAPE_TABLE
+
 #: Most held-back points of a suspected jump back (older ones are fed as late points).
 _PENDING_MAX = 256
 
@@ -186,49 +166,6 @@ _set_t = ClockEstimate.__dict__["t_ns"].__set__
 _set_bound = ClockEstimate.__dict__["bound_ns"].__set__
 _set_conv = ClockEstimate.__dict__["converged"].__set__
 _set_event = ClockEstimate.__dict__["event"].__set__
-_INF = math.inf
-
-
-class _Block:
-    """A closed block: its hull vertices, stamp sum and count, lowest points, last stamp."""
-
-    __slots__ = ("count", "end", "hx", "hy", "low", "total")
-
-    def __init__(
-        self,
-        hx: list[float],
-        hy: list[float],
-        total: float,
-        count: int,
-        low: list[tuple[float, float, float]],
-        end: float,
-    ) -> None:
-        self.hx, self.hy, self.total, self.count = hx, hy, total, count
-        self.low, self.end = low, end
-
-
-def _hull_append(hx: list[float], hy: list[float], x: float, y: float) -> None:
-    """Append ``(x, y)``, ``x`` beyond every vertex, to a lower convex hull (monotone chain)."""
-    while len(hx) >= 2:
-        x1 = hx[-2]
-        y1 = hy[-2]
-        # Keep the last vertex while the chain turns left (counter-clockwise) at it.
-        if (hx[-1] - x1) * (y - y1) > (hy[-1] - y1) * (x - x1):
-            break
-        hx.pop()
-        hy.pop()
-    hx.append(x)
-    hy.append(y)
-
-
-def _shape_factor(stat: float) -> float:
-    """The bound's factor for the jitter-shape statistic ``stat`` (see ``SHAPE_TABLE``)."""
-    (x0, f0), (x1, f1) = SHAPE_TABLE
-    if stat <= x0:
-        return f0
-    if stat >= x1:
-        return f1
-    return f0 + (f1 - f0) * (stat - x0) / (x1 - x0)
 
 
 def _as_int(value: object, name: str) -> int:
@@ -238,7 +175,7 @@ def _as_int(value: object, name: str) -> int:
     raise TypeError(f"{name} must be an int (ns), got {type(value).__name__} {value!r}")
 
 
-class ClockModel:
+class ClockModel(LowerEnvelope):
     """Online estimate of one sensor clock's mapping onto the host timeline.
 
     Feed every arrival to :meth:`update` (stamp, host arrival), in arrival order; it returns
@@ -251,57 +188,36 @@ class ClockModel:
     Internally stamps and arrivals are relative to an origin pair (``_s0``, ``_a0``, exact
     ints) moved to the first point of every block, so the relative values, kept as floats,
     are integers well below 2**53 and exact. Memory is bounded by the window's hull vertices
-    and a few dozen low points per block, whatever the message rate.
+    and a few dozen low points per block, whatever the message rate. The window, the LP and
+    the bound's parameters are kept by the base class, :class:`LowerEnvelope`
+    (``edgefuse/sync/_lower_envelope.py``); this class owns the stream's semantics.
     """
 
     __slots__ = (
-        "_a0", "_alpha", "_anchored", "_b0", "_ba1", "_ba2", "_bb1", "_bb2", "_beta",
-        "_beta_ref", "_beta_ref_span", "_bf", "_block_learns", "_block_ns", "_blocks",
-        "_bound_c", "_check_at", "_conv", "_converge_ns", "_cx", "_cy", "_edge_hi", "_edge_lo",
-        "_elh", "_ell", "_erh", "_erl", "_first_s", "_fit_s", "_fit_update", "_hcount", "_host",
-        "_hsum", "_hx", "_hy", "_inv", "_jump", "_last_reject", "_last_s", "_latency", "_low",
-        "_low_max", "_max_drift", "_mcount", "_msum", "_mx", "_my", "_n_in", "_other",
-        "_pending", "_pivot", "_pivot_bound", "_refit_ns", "_refits", "_rejected",
-        "_rejected_run", "_resets", "_s0", "_shape_n", "_shape_stat", "_sigma", "_sigma_ref",
-        "_sl", "_span", "_start", "_window_ns", "_wrap", "_wrap_k", "_wraps", "config",
+        "_host", "_jump", "_last_reject", "_latency", "_other", "_pending", "_rejected",
+        "_rejected_run", "_resets", "_wrap", "_wrap_k", "_wraps", "config",
     )  # fmt: skip
-    # Read by the hot path above the method (_clear) that sets them.
-    _last_s: float
-    _check_at: int
-    _conv: bool
 
     def __init__(self, config: ClockModelConfig = ClockModelConfig()) -> None:
+        super().__init__(
+            window_ns=round(config.window_s * 1e9),
+            max_drift=config.max_drift_ppm * 1e-6,
+            converge_ns=float(round(config.converge_s * 1e9)),
+            jitter_prior_ns=config.jitter_prior_ns,
+        )
         self.config = config
         self._host = config.clock == "host"
         self._latency = config.latency_ns
         self._wrap = config.wrap_ns
         self._jump = float(config.jump_ns)
-        self._window_ns = round(config.window_s * 1e9)
-        self._block_ns = float(max(1, self._window_ns // _BLOCKS))
-        self._refit_ns = float(max(1, self._window_ns // _REFIT_FRACTION))
-        self._converge_ns = float(round(config.converge_s * 1e9))
-        self._max_drift = config.max_drift_ppm * 1e-6
-        self._n_in = 0  # pairs in stamp order (the hot path)
         self._other = 0  # every other pair: the first, host clock, behind the previous
         self._resets = 0
         self._wraps = 0
         self._rejected = 0
         self._rejected_run = 0
         self._last_reject = -1
-        self._refits = 0
-        # Origin of the relative coordinates: absolute (unwrapped) stamp and arrival.
-        self._s0: int | None = None
-        self._a0 = 0
         self._wrap_k = 0  # multiple of the modulus added to raw stamps
-        # The rate held across resets and gaps, the data span it came from, its uncertainty.
-        self._beta_ref = 1.0
-        self._beta_ref_span = 0.0
-        self._sigma_ref = 2.0 * self._max_drift
-        # Jitter tail shape (see SHAPE_TABLE): the conservative end until a block is learnt.
-        self._shape_stat = SHAPE_TABLE[0][0]
-        self._shape_n = 0
-        self._bound_c = _shape_factor(self._shape_stat)
-        self._clear()
+        self._pending: list[tuple[int, int]] = []  # held-back points, absolute ints
 
     # --- public ------------------------------------------------------------------------
     def update(self, t_sensor_ns: int, t_host_ns: int) -> ClockEstimate:
@@ -352,7 +268,7 @@ class ClockModel:
             return self._far_off(s, a, r, bound, event, t_sensor_ns, t_host_ns)
         if self._pending:
             self._flush_pending()
-        # Append to the open block's hull (_hull_append inline: this is the hot path).
+        # Append to the open block's hull (_lower_envelope._hull_append inline: the hot path).
         hx = self._hx
         hy = self._hy
         while len(hx) >= 2:
@@ -378,7 +294,7 @@ class ClockModel:
         conv = self._conv
         if not conv:
             conv = self._conv = (
-                self._mcount + self._hcount >= _REFIT_MIN and s - self._first_s >= self._converge_ns
+                self._mcount + self._hcount >= REFIT_MIN and s - self._first_s >= self._converge_ns
             )
         est = _new(ClockEstimate)
         _set_t(est, self._a0 + round(alpha + beta * s) - self._latency)
@@ -458,321 +374,6 @@ class ClockModel:
         )
         return out
 
-    # --- the window --------------------------------------------------------------------
-    def _clear(self) -> None:
-        """Empty the window (a start or a reset); the next point is the origin."""
-        self._blocks: list[_Block] = []
-        # Merged hull, stamp sum and count, and bound candidates of the closed blocks.
-        self._mx: list[float] = []
-        self._my: list[float] = []
-        self._msum: float = 0.0
-        self._mcount: int = 0
-        self._cx: list[float] = []
-        self._cy: list[float] = []
-        # The open block: hull, stamp sum and count, lowest points (r, s, a) by residual
-        # at arrival (unsorted until full, then sorted).
-        self._hx: list[float] = []
-        self._hy: list[float] = []
-        self._hsum: float = 0.0
-        self._hcount: int = 0
-        self._low: list[tuple[float, float, float]] = []
-        self._low_max: float = _INF
-        self._block_learns = False  # see _close_block
-        self._start = 0.0  # first stamp of the open block
-        self._first_s = 0.0  # first stamp since the start or reset
-        self._conv = False
-        self._last_s = 0.0
-        self._span: float = 0.0
-        self._fit_update = 0  # in-order points (_n_in) at the last refit
-        self._check_at = 0  # _n_in at which to check whether a refit is due
-        self._fit_s: float = 0.0
-        self._pending: list[tuple[int, int]] = []  # held-back points, absolute ints
-        # The line (host_rel = alpha + beta * s_rel, latency included), and where the LP
-        # optimum stays put: the centroid within [edge_lo, edge_hi].
-        self._alpha: float = 0.0
-        self._beta: float = self._beta_ref
-        self._edge_lo: float = _INF
-        self._edge_hi: float = -_INF
-        # The bound (see _fit_bound and _bound_at); for s >= bf it is
-        # max(ba1 + bb1 * s, ba2 + bb2 * s).
-        self._pivot_bound: bool = True
-        self._anchored: bool = False
-        self._b0: float = float(self.config.jitter_prior_ns)
-        self._sigma: float = 2.0 * self._max_drift
-        self._pivot: float = 0.0
-        self._sl: float = 0.0
-        self._inv: float = 0.0
-        self._ell: float = 0.0
-        self._elh: float = 0.0
-        self._erl: float = 0.0
-        self._erh: float = 0.0
-        self._bf: float = _INF
-        self._ba1: float = 0.0
-        self._bb1: float = 0.0
-        self._ba2: float = 0.0
-        self._bb2: float = 0.0
-
-    def _add(self, s: float, a: float, r: float) -> None:
-        """Put a point (relative, residual ``r`` against the line) in the open block."""
-        if self._hcount and s - self._start >= self._block_ns:
-            self._close_block(s, a)
-            s = a = 0.0
-        _hull_append(self._hx, self._hy, s, a)
-        self._hsum += s
-        self._hcount += 1
-        if s > self._last_s or self._mcount + self._hcount == 1:
-            self._last_s = s
-        if r < self._low_max:
-            self._keep_low(r, s, a)
-
-    def _keep_low(self, r: float, s: float, a: float) -> None:
-        """Keep (r, s, a) among the open block's lowest points."""
-        low = self._low
-        if len(low) < _LOW_KEEP:
-            low.append((r, s, a))
-            if len(low) == _LOW_KEEP:
-                low.sort()
-                self._low_max = low[-1][0]
-            return
-        bisect.insort(low, (r, s, a))
-        low.pop()
-        self._low_max = low[-1][0]
-
-    def _lowest(self, n: int) -> list[tuple[float, float, float]]:
-        """The open block's ``n`` lowest points (by residual at arrival)."""
-        low = self._low
-        return low[:n] if len(low) == _LOW_KEEP else sorted(low)[:n]
-
-    def _close_block(self, s: float, a: float) -> None:
-        """Close the open block, drop blocks older than the window, re-base on (s, a)."""
-        if self._block_learns and len(self._low) >= _LOW_KEEP:
-            self._learn_shape(self._low)
-        if self._hcount:
-            blk = _Block(
-                self._hx, self._hy, self._hsum, self._hcount, self._lowest(_LOW_BOUND), self._hx[-1]
-            )
-            self._blocks.append(blk)
-        # Drop the blocks that fell out of the window, but never the one just closed: after a
-        # gap longer than the window it anchors the line until new data replace it.
-        horizon = s - self._window_ns
-        while len(self._blocks) > 1 and self._blocks[0].end < horizon:
-            del self._blocks[0]
-        self._hx, self._hy, self._hsum, self._hcount = [], [], 0.0, 0
-        self._low, self._low_max = [], _INF
-        # The next block's lowest points are picked against a line fitted to at least a
-        # block of data, so they are its lowest (the first block's are not): learn from it.
-        self._block_learns = True
-        self._shift(s, a)
-        self._start = 0.0
-        mx: list[float] = []
-        my: list[float] = []
-        cx: list[float] = []
-        cy: list[float] = []
-        total = 0.0
-        count = 0
-        for b in self._blocks:
-            for x, y in zip(b.hx, b.hy, strict=True):
-                _hull_append(mx, my, x, y)
-            total += b.total
-            count += b.count
-            cx.extend(x for _, x, _ in b.low)
-            cy.extend(y for _, _, y in b.low)
-        self._mx, self._my, self._msum, self._mcount = mx, my, total, count
-        self._cx, self._cy = cx, cy
-        self._check_at = 0  # refit with the next point
-
-    def _shift(self, ds: float, da: float) -> None:
-        """Move the origin by (ds, da), re-expressing every stored coordinate."""
-        assert self._s0 is not None
-        self._s0 += int(ds)
-        self._a0 += int(da)
-        for b in self._blocks:
-            b.hx = [x - ds for x in b.hx]
-            b.hy = [y - da for y in b.hy]
-            b.total -= b.count * ds
-            b.low = [(r, x - ds, y - da) for r, x, y in b.low]
-            b.end -= ds
-        self._last_s -= ds
-        self._first_s -= ds
-        self._fit_s -= ds
-        self._alpha += self._beta * ds - da
-        self._edge_lo -= ds
-        self._edge_hi -= ds
-        self._pivot -= ds
-        self._sl -= ds
-        self._bf -= ds
-        self._ba1 += self._bb1 * ds
-        self._ba2 += self._bb2 * ds
-
-    def _learn_shape(self, low: list[tuple[float, float, float]]) -> None:
-        """Update the jitter-shape statistic from a closing block's lowest points."""
-        alpha, beta = self._alpha, self._beta
-        res = sorted(y - alpha - beta * x for _, x, y in low)
-        num = res[_LOW_KEEP - 1] - res[0]
-        den = res[_LOW_KEEP // 2 - 1] - res[0]
-        if not (num > 0 and den > 0):
-            return
-        self._shape_n = n = min(self._shape_n + 1, _SHAPE_BLOCKS)
-        self._shape_stat += (math.log(num / den) - self._shape_stat) / n
-        self._bound_c = _shape_factor(self._shape_stat)
-
-    # --- the fit -----------------------------------------------------------------------
-    def _maybe_refit(self, s: float, r: float) -> bool:
-        """Refit if the line can have moved or the schedule says so; True if it did."""
-        n = self._n_in - self._fit_update
-        count = self._mcount + self._hcount
-        sbar = (self._msum + self._hsum) / count
-        if (
-            r < 0.0  # the line must stay below every point
-            or not self._edge_lo <= sbar <= self._edge_hi  # the LP optimum moved
-            or n >= _REFIT_MAX
-            or (n >= _REFIT_MIN and s - self._fit_s >= self._refit_ns)
-            or count < _EAGER_POINTS
-        ):
-            self._refit()
-            return True
-        self._check_at = self._n_in + _CHECK_EVERY
-        return False
-
-    def _refit(self) -> None:
-        """Solve the LP on the window's hull, then refresh the bound's parameters."""
-        self._refits += 1
-        self._fit_update = self._n_in
-        self._fit_s = self._last_s
-        count = self._mcount + self._hcount
-        self._check_at = self._n_in + (1 if count < _EAGER_POINTS else _CHECK_EVERY)
-        hx = self._mx[:]
-        hy = self._my[:]
-        for x, y in zip(self._hx, self._hy, strict=True):
-            _hull_append(hx, hy, x, y)
-        sbar = (self._msum + self._hsum) / count
-        self._span = span = hx[-1] - hx[0]
-        # After a reset or a gap, hold the rate until the new data span as long as the
-        # old rate was estimated from (or half a window).
-        held = span < min(self._beta_ref_span, self._window_ns / 2) or (
-            # A block kept across a gap longer than the window: extrapolate with the rate.
-            bool(self._blocks) and self._blocks[0].end < self._last_s - self._window_ns
-        )
-        beta = self._beta_ref
-        edge = False
-        self._edge_lo, self._edge_hi = _INF, -_INF
-        if len(hx) >= 2 and not held:
-            i = bisect.bisect_right(hx, sbar) - 1
-            i = min(max(i, 0), len(hx) - 2)
-            slope = (hy[i + 1] - hy[i]) / (hx[i + 1] - hx[i])
-            self._edge_lo, self._edge_hi = hx[i], hx[i + 1]
-            lo, hi = 1.0 - self._max_drift, 1.0 + self._max_drift
-            if lo <= slope <= hi:
-                beta, edge = slope, True
-                alpha = hy[i] - slope * hx[i]
-                pivot = sbar
-            else:
-                beta = lo if slope < lo else hi
-        if not edge:
-            # Clamped or held slope: lower the line until it touches the hull.
-            j = min(range(len(hx)), key=lambda k: hy[k] - beta * hx[k])
-            alpha = hy[j] - beta * hx[j]
-            pivot = hx[j]
-        self._alpha, self._beta, self._pivot = alpha, beta, pivot
-        self._fit_bound(hx, hy, edge, held, span)
-
-    def _fit_bound(
-        self, hx: list[float], hy: list[float], edge: bool, held: bool, span: float
-    ) -> None:
-        """Parameters of the error bound for the line just fitted (see the module docstring).
-
-        The true line lies below every point and, by assumption, within ``G`` of the lowest
-        points of each half of the window, ``G`` being the factor for the jitter's shape
-        times the spread of the ``BOUND_RANK`` lowest residuals. That pins it at two anchors
-        (the lowest point of each half) to an interval each; the bound at a stamp is the
-        largest deviation of a line through the two intervals.
-        """
-        alpha, beta = self._alpha, self._beta
-        low = self._lowest(_LOW_BOUND)
-        xs = self._cx + [x for _, x, _ in low]
-        ys = self._cy + [y for _, _, y in low]
-        # The points the line touches are the lowest of all: candidates even when they
-        # were not among the lowest at their arrival.
-        for x, y in zip(hx, hy, strict=True):
-            if abs(y - alpha - beta * x) < 0.5 and x not in xs:
-                xs.append(x)
-                ys.append(y)
-        res = [y - alpha - beta * x for x, y in zip(xs, ys, strict=True)]
-        mid = (hx[0] + hx[-1]) / 2.0
-        left = sorted([(r, x) for r, x in zip(res, xs, strict=True) if x < mid])
-        right = sorted([(r, x) for r, x in zip(res, xs, strict=True) if x >= mid])
-        k = BOUND_RANK
-        c = self._bound_c
-        self._anchored = anchored = len(left) >= k and len(right) >= k
-        if held or not anchored:  # the pivot form of the bound is used
-            if len(res) >= k:
-                res.sort()
-                self._b0 = c * (res[k - 1] - res[0]) + max(res[0], 0.0)
-            else:
-                self._b0 = float(self.config.jitter_prior_ns)
-        if anchored:
-            rl, sl = left[0]
-            rr, sr = right[0]
-            # Both halves hold about as many points: pooling their spreads halves the noise.
-            g = c * (left[k - 1][0] - rl + right[k - 1][0] - rr) / 2.0
-            inv = 1.0 / max(sr - sl, 1.0)
-            self._sl, self._inv = sl, inv
-            self._ell, self._elh = -rl, g - rl
-            self._erl, self._erh = -rr, g - rr
-            # The slope's uncertainty, kept for when the rate is held after a reset or gap.
-            slope_sigma = (g + rl + rr) * inv
-        else:
-            slope_sigma = 2.0 * self._max_drift
-        if edge:
-            self._sigma = min(slope_sigma, 2.0 * self._max_drift)
-            if span >= min(self._beta_ref_span, self._window_ns / 2):
-                if span >= self._converge_ns:
-                    self._beta_ref, self._beta_ref_span = beta, span
-                    self._sigma_ref = self._sigma
-                elif self._beta_ref_span == 0:
-                    self._beta_ref = beta
-        elif held:
-            self._sigma = self._sigma_ref
-        else:
-            self._sigma = 2.0 * self._max_drift
-        self._pivot_bound = pivot_bound = held or not anchored
-        # The bound's fast form past the right anchor (u >= 1 in _bound_at).
-        if anchored and not pivot_bound:
-            b1 = (self._erh - self._ell) * self._inv
-            b2 = -(self._erl - self._elh) * self._inv
-            self._bf = self._sl + 1.0 / self._inv
-            self._bb1, self._ba1 = b1, self._ell - b1 * self._sl
-            self._bb2, self._ba2 = b2, -self._elh - b2 * self._sl
-        elif not anchored:
-            self._bf = self._pivot
-            self._bb1 = self._bb2 = self._sigma
-            self._ba1 = self._ba2 = self._b0 - self._sigma * self._pivot
-        else:
-            self._bf = _INF
-
-    def _bound_at(self, s: float) -> float:
-        """The error bound at relative stamp ``s`` (ns)."""
-        bound = _INF
-        if self._pivot_bound:
-            bound = self._b0 + self._sigma * abs(s - self._pivot)
-        if self._anchored:
-            # e = fitted - true line is linear in s; at the anchors it lies in [ell, elh]
-            # and [erl, erh]: its extreme values are at the corners.
-            u = (s - self._sl) * self._inv
-            if u >= 1.0:
-                hi = (1.0 - u) * self._ell + u * self._erh
-                lo = (1.0 - u) * self._elh + u * self._erl
-            elif u >= 0.0:
-                hi = (1.0 - u) * self._elh + u * self._erh
-                lo = (1.0 - u) * self._ell + u * self._erl
-            else:
-                hi = (1.0 - u) * self._elh + u * self._erl
-                lo = (1.0 - u) * self._ell + u * self._erh
-            anchored = hi if hi > -lo else -lo
-            if anchored < bound:
-                bound = anchored
-        return bound
-
     def _estimate_at(self, s: float, event: str | None, extra: float = 0.0) -> ClockEstimate:
         """The estimate for relative stamp ``s`` with the current line (bound plus ``extra``)."""
         bound = self._bound_at(s) + extra
@@ -850,7 +451,7 @@ class ClockModel:
         """A point further than ``jump_ns`` (plus the bound) off the line."""
         point = (self._absolute(t_sensor_ns), t_host_ns)
         if r < 0.0:
-            if self._mcount + self._hcount >= _REFIT_MIN:
+            if self._mcount + self._hcount >= REFIT_MIN:
                 # Arrived before it could have been stamped: the clock jumped forward.
                 return self._reset_with([point])
             # Too few points to trust the line: the first ones were late, not this one.
@@ -893,7 +494,8 @@ class ClockModel:
         """The clock restarted or jumped: start a new window from ``points`` (absolute)."""
         self._resets += 1
         self._s0, self._a0 = points[0]
-        self._clear()
+        self._clear_window()
+        self._pending = []
         for x, y in points:
             # Relative to the origin of the moment: adding may close a block and re-base.
             xr, yr = float(x - self._s0), float(y - self._a0)

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+#: Real recorded sensor data, shared by the team beside the repository (never copied into it);
+#: EDGEFUSE_SHARED_DATA points elsewhere, e.g. for a clone that does not sit beside it.
+SHARED_DATA = Path(os.environ.get("EDGEFUSE_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
 @pytest.fixture

@@ -40,7 +40,7 @@ from edgefuse.sync.policies import (
     StreamPolicy,
     Sweep,
     Window,
-    describe,
+    whole,
 )
 
 PolicyName = Literal["nearest", "interpolate", "window", "sweep"]
@@ -332,9 +332,7 @@ class Aligner:
         members: dict[str, Member] = {}
         for name, st in self.streams.items():
             if st.policy is None:
-                members[name] = Member(
-                    name, True, list(p.item.msg.arrays), describe(p.item, t), "", [p.item.msg]
-                )
+                members[name] = whole(name, p.item, t)
             else:
                 members[name] = p.members[name]
                 st.policy.forget_before(t)

@@ -64,6 +64,11 @@ def describe(item: Item, t_ns: int) -> dict[str, Any]:
     }
 
 
+def whole(stream: str, item: Item, t_ns: int) -> Member:
+    """A member that is one message as it came, in a set at ``t_ns``."""
+    return Member(stream, True, list(item.msg.arrays), describe(item, t_ns), "", [item.msg])
+
+
 def missing(stream: str, reason: str) -> Member:
     """A member saying that ``stream`` has nothing for this set, and why."""
     return Member(stream=stream, present=False, reason=reason)
@@ -151,9 +156,7 @@ class Nearest(_Buffered):
                 best, best_dist = it, dist
         if best is None:
             return missing(self.stream, f"no message within {self.tolerance_ns / 1e6:g} ms")
-        return Member(
-            self.stream, True, list(best.msg.arrays), describe(best, t_ns), "", [best.msg]
-        )
+        return whole(self.stream, best, t_ns)
 
 
 class Interpolate(_Buffered):
@@ -180,9 +183,7 @@ class Interpolate(_Buffered):
             elif after is None:
                 after = it
         if before is not None and before.t_ns == t_ns:
-            return Member(
-                self.stream, True, list(before.msg.arrays), describe(before, t_ns), "", [before.msg]
-            )
+            return whole(self.stream, before, t_ns)
         if before is None or after is None:
             return missing(self.stream, "no messages on both sides of the set time")
         gap = after.t_ns - before.t_ns

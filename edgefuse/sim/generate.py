@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import heapq
 import json
+import math
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,9 @@ def samples(sources: dict[str, Source], *, duration_s: float) -> Iterator[tuple[
     (ties broken by source name, so the order is deterministic)."""
     heap: list[tuple[float, str, int, Sample]] = []
     next_k = dict.fromkeys(sources, 0)
+    # One sensor's samples reach the host through one pipe, in order: a sample whose jitter
+    # would overtake the one before waits for it (as the live nodes, which publish in order).
+    last = dict.fromkeys(sources, -math.inf)
 
     def push(name: str) -> None:
         src = sources[name]
@@ -78,6 +82,9 @@ def samples(sources: dict[str, Source], *, duration_s: float) -> Iterator[tuple[
                 return
             s = src.sample(k)
             if s is not None:
+                if s.delivery_s < last[name]:
+                    s = replace(s, delivery_s=last[name])
+                last[name] = s.delivery_s
                 heapq.heappush(heap, (s.delivery_s, name, k, s))
                 return
 

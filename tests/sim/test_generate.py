@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -54,10 +55,14 @@ def test_every_stream_at_its_rate(session: Path) -> None:
 def test_messages_in_delivery_order_with_the_encodings(session: Path) -> None:
     last = 0
     encodings = {}
+    index: dict[str, int] = {}
     with SessionReader(session) as r:
         for msg in r.messages():
             assert msg.header.t_host_ns >= last
             last = msg.header.t_host_ns
+            # Each stream arrives in order, as through a real pipe (jitter never reorders it).
+            assert msg.header.meta["index"] > index.get(msg.topic, -1)
+            index[msg.topic] = msg.header.meta["index"]
             encodings[msg.topic] = (msg.header.encoding, msg.arrays[0].dtype, msg.arrays[0].shape)
     assert encodings["camera/image"] == ("bgr8", np.uint8, (480, 640, 3))
     assert encodings["depth/image"] == ("z16", np.uint16, (240, 320))
@@ -137,3 +142,19 @@ def test_cli_generate_and_errors(tmp_path: Path) -> None:
     assert r.returncode == 2 and "unknown scenario 'nite'" in r.stderr
     r = edgefuse_cli("sim", "scenarios")
     assert r.returncode == 0 and "night" in r.stdout
+
+
+def test_a_stream_stays_in_order_when_its_jitter_exceeds_its_period() -> None:
+    from edgefuse.sim.clocks import ClockConfig, ClocksConfig
+    from edgefuse.sim.generate import make_sources, samples
+
+    clocks = ClocksConfig(mic=ClockConfig(jitter_ms=20.0, jitter_shape=1.0))
+    sources = make_sources(SimParams(seed=1, clocks=clocks), sensors=("mic",))
+    raw = [sources["mic"].delivery_s(k) for k in range(200)]
+    overtakes = sum(
+        1 for a, b in itertools.pairwise(raw) if a is not None and b is not None and b < a
+    )
+    assert overtakes > 10  # 20 ms of jitter on 10 ms chunks: they would overtake each other
+    got = [(s.k, s.delivery_s) for _, s in samples(sources, duration_s=2.0)]
+    assert [k for k, _ in got] == sorted(k for k, _ in got)
+    assert all(a <= b for (_, a), (_, b) in itertools.pairwise(got))

@@ -167,10 +167,7 @@ def main(argv: list[str]) -> int:
     if progress is not None:
         progress(f"{command}: about {transport.estimate_seconds(cfg):.0f} s")
     doc = transport.run(cfg, command=command, progress=progress)
-    text = json.dumps(doc, indent=2)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    text = _document(args, doc)
     if args.json:
         print(text)
     elif args.markdown:
@@ -191,14 +188,8 @@ def _sim(args: argparse.Namespace, argv: list[str]) -> int:
         command=shlex.join(["edgefuse", "bench", *argv]),
         progress=None if args.quiet else _progress,
     )
-    text = json.dumps(doc, indent=2)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
-    if args.json:
-        print(text)
-    else:
-        print(sim_bench.format_table(doc))
+    text = _document(args, doc)
+    print(text if args.json else sim_bench.format_table(doc))
     return 0
 
 
@@ -220,12 +211,18 @@ def _align(args: argparse.Namespace, argv: list[str]) -> int:
         command=shlex.join(["edgefuse", "bench", *argv]),
         progress=None if args.quiet else _progress,
     )
+    text = _document(args, doc)
+    print(text if args.json else align.format_table(doc))
+    return 0
+
+
+def _document(args: argparse.Namespace, doc: dict[str, Any]) -> str:
+    """The JSON text of a benchmark's document, also written to ``--out`` when given."""
     text = json.dumps(doc, indent=2)
     if args.out:
         with open(args.out, "w") as f:
             f.write(text + "\n")
-    print(text if args.json else align.format_table(doc))
-    return 0
+    return text
 
 
 def _progress(line: str) -> None:

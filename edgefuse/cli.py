@@ -139,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_sync(sub)
 
+    from edgefuse.model.cli import register as register_model
+
+    register_model(sub)
+
     bench = sub.add_parser(
         "bench", help="benchmarks (edgefuse bench transport --json)", add_help=False
     )

@@ -8,6 +8,9 @@
     edgefuse bench sim [--json] [--scenario day] [--seconds S] [--live-seconds S]
     edgefuse bench align [--json] [--seconds 300] [--clocks default|acceptance]
                          [--max-wait-ms 250] [--repeats 3]
+    edgefuse bench infer [--json] [--model MODEL.onnx] [--checkpoint MODEL.pt]
+                         [--backend onnxruntime|torch|all] [--threads 2]
+                         [--iterations 200] [--warmup 20]
 """
 
 from __future__ import annotations
@@ -107,6 +110,25 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--max-wait-ms", type=float, default=250.0)
     a.add_argument("--repeats", type=int, default=3, help="timed runs (the median is reported)")
     a.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    i = sub.add_parser(
+        "infer",
+        help="per-set latency of preprocess, network and postprocess, ONNX Runtime vs PyTorch",
+        description="Real aligned sets of a simulated session through preprocessing, the "
+        "network and postprocessing; the exported graph in ONNX Runtime side by side with its "
+        "checkpoint in PyTorch eager.",
+    )
+    i.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    i.add_argument("--out", metavar="FILE", help="also write the JSON document to FILE")
+    i.add_argument("--model", metavar="MODEL.onnx", help="default: the shipped model")
+    i.add_argument(
+        "--checkpoint", metavar="MODEL.pt", help="PyTorch reference (default: MODEL.pt beside it)"
+    )
+    i.add_argument("--backend", choices=("onnxruntime", "torch", "all"), default="all")
+    i.add_argument("--threads", type=int, default=2, help="intra-op threads of either backend")
+    i.add_argument("--iterations", type=int, default=200, help="measured sets per backend")
+    i.add_argument("--warmup", type=int, default=20, help="discarded sets before them")
+    i.add_argument("--rig", default="calibration/sim_rig.yaml")
+    i.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return parser
 
 
@@ -159,6 +181,8 @@ def main(argv: list[str]) -> int:
             return _sim(args, argv)
         if args.bench == "align":
             return _align(args, argv)
+        if args.bench == "infer":
+            return _infer(args, argv)
         cfg = _config(args, parser)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else 2
@@ -213,6 +237,29 @@ def _align(args: argparse.Namespace, argv: list[str]) -> int:
     )
     text = _document(args, doc)
     print(text if args.json else align.format_table(doc))
+    return 0
+
+
+def _infer(args: argparse.Namespace, argv: list[str]) -> int:
+    from edgefuse.bench import infer
+
+    try:
+        doc = infer.run(
+            model=args.model,
+            checkpoint=args.checkpoint,
+            backend=args.backend,
+            threads=args.threads,
+            iterations=args.iterations,
+            warmup=args.warmup,
+            rig=args.rig,
+            command=shlex.join(["edgefuse", "bench", *argv]),
+            progress=None if args.quiet else _progress,
+        )
+    except infer.InferBenchError as exc:
+        print(f"edgefuse bench infer: {exc}", file=sys.stderr)
+        return 2
+    text = _document(args, doc)
+    print(text if args.json else infer.format_table(doc))
     return 0
 
 

@@ -1,0 +1,3 @@
+"""The encoder-fusion detection model: encoders, fusion modules, heads, training, evaluation,
+export.
+"""

@@ -11,7 +11,7 @@ APT_PACKAGES := libusb-1.0-0 portaudio19-dev
 PIPELINE ?= pipelines/sim.yaml
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint typecheck bench clean
+.PHONY: setup run test lint typecheck bench model clean
 
 setup: $(VENV)/.deps-stamp
 
@@ -50,6 +50,20 @@ test: setup lint typecheck
 
 bench: setup
 	$(VENV)/bin/edgefuse bench transport --json
+
+# Retrain the shipped model from scratch (docs/MODEL.md): simulate the training and held-out
+# sessions, train, evaluate, export into the package. About 2 h on 2 cores; DATA holds ~200 MB.
+DATA   ?= data
+FUSION ?= attention
+EPOCHS ?= 6
+EF     := $(VENV)/bin/edgefuse
+model: setup
+	$(EF) dataset sim --scenario day --seeds 100:128 -o $(DATA)/shards/train
+	$(EF) dataset sim --scenario night --seeds 200:228 -o $(DATA)/shards/train
+	$(EF) dataset sim --scenario day,night --seeds 900:912 -o $(DATA)/shards/test
+	$(EF) train $(DATA)/shards/train -o $(DATA)/runs/$(FUSION) --fusion $(FUSION) --epochs $(EPOCHS) --resume
+	$(EF) eval $(DATA)/runs/$(FUSION)/checkpoint.pt $(DATA)/shards/test --out $(DATA)/runs/$(FUSION)/eval.json --plot $(DATA)/runs/$(FUSION)/eval.png
+	$(EF) export $(DATA)/runs/$(FUSION)/checkpoint.pt -o edgefuse/assets/model/fusion.onnx --metrics $(DATA)/runs/$(FUSION)/eval.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

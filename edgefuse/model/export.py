@@ -6,7 +6,8 @@ The graph's inputs are this network's modalities and ``mask`` (see
 inferred) and run in ONNX Runtime against PyTorch on seeded inputs under several modality
 masks; the largest relative difference is recorded and must stay within ``1e-4``.
 
-The metadata (``<model>.json`` beside the graph, and the same JSON in the graph's
+The weights alone go to ``<model>.pt`` beside it (the PyTorch reference). The metadata
+(``<model>.json`` beside the graph, and the same JSON in the graph's
 ``metadata_props`` under ``edgefuse``) says everything the runtime needs without PyTorch:
 classes, inputs and outputs, preprocessing (the feature spec), the output grid, the rig the
 camera lift was built for, the training data's hash and settings, and the evaluation metrics.
@@ -183,9 +184,24 @@ def export_onnx(
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     meta["onnx_sha256"] = sha
     metadata_path(path).write_text(json.dumps(meta, indent=2) + "\n")
+    # The weights alone (no optimiser state) beside the graph: the PyTorch reference backend
+    # and `edgefuse bench infer` load them with `load_checkpoint`.
+    weights = path.with_suffix(".pt")
+    torch.save(
+        {
+            "model": net.state_dict(),
+            "model_config": cfg.to_dict(),
+            "rig": info.get("rig"),
+            "epoch": info.get("epoch"),
+            "data_digest": info.get("data_digest"),
+            "train_config": info.get("train_config"),
+        },
+        weights,
+    )
     return {
         "onnx": str(path),
         "metadata": str(metadata_path(path)),
+        "weights": str(path.with_suffix(".pt")),
         "bytes": path.stat().st_size,
         "sha256": sha,
         "parity_max_rel": worst,

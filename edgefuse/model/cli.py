@@ -6,6 +6,7 @@ These need the ``train`` extra (PyTorch, ONNX, matplotlib, tqdm); the edge runti
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -14,16 +15,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from edgefuse.errors import ConfigError
-
-_TRAIN_EXTRA = "pip install 'edgefuse[train]'"
-
-
-def _need_torch() -> None:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise ConfigError(f"this command needs PyTorch: {_TRAIN_EXTRA}") from None
+from edgefuse.errors import ConfigError, require_extra
 
 
 def _seeds(text: str) -> list[int]:
@@ -129,7 +121,7 @@ def _cmd_dataset_sim(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    _need_torch()
+    require_extra("torch", "train")
     from edgefuse.calib.model import find_calibration, load_calibration
     from edgefuse.model.dataset import Frames
     from edgefuse.model.network import ModelConfig
@@ -196,7 +188,7 @@ def _load_predictor(
         predictor = onnx_predictor(sess)
         names = [i.name for i in sess.get_inputs()]
     else:
-        _need_torch()
+        require_extra("torch", "train")
         import torch
 
         torch.set_num_threads(threads)
@@ -245,7 +237,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         subsets=subsets,
         progress=not args.quiet,
     )
-    report["model"] = args.model
+    # The file's name and hash, not its path: reports end up in shipped model metadata.
+    report["model"] = Path(args.model).name
+    report["model_sha256"] = hashlib.sha256(Path(args.model).read_bytes()).hexdigest()
     report["model_config"] = cfg.to_dict()
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     if args.out:
@@ -258,7 +252,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    _need_torch()
+    require_extra("torch", "train")
     from edgefuse.calib.model import find_calibration, load_calibration
     from edgefuse.model.export import export_onnx
     from edgefuse.model.train import load_checkpoint

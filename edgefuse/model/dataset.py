@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from edgefuse.calib.model import RigCalibration, load_calibration
+from edgefuse import config
+from edgefuse.calib.model import RigCalibration
 from edgefuse.errors import EdgefuseError
 from edgefuse.model.labels import Objects
 from edgefuse.record import SessionReader
@@ -40,14 +41,10 @@ class DatasetError(EdgefuseError):
 
 def rig_of_session(reader: SessionReader) -> RigCalibration:
     """The rig calibration attached to a session (``calibration/<rig>.yaml``)."""
-    import tempfile
-
     for name, data in reader.attachments().items():
         if name.startswith("calibration/") and name.endswith(".yaml"):
-            with tempfile.TemporaryDirectory() as d:
-                p = Path(d) / Path(name).name
-                p.write_bytes(data)
-                return load_calibration(p)
+            parsed, src = config.parse_yaml(data.decode(), file=f"{reader.path}:{name}")
+            return config.build(RigCalibration, parsed, src=src)
     raise DatasetError(f"{reader.path}: no calibration/*.yaml attachment (which rig recorded it?)")
 
 

@@ -157,6 +157,7 @@ class Preprocessor:
         self._mel = mel_filterbank(self.spec).astype(np.float32)
         self._window = np.hanning(self.spec.audio_n_fft + 1)[:-1].astype(np.float32)
         self._depth_rays: np.ndarray | None = None
+        self._depth_rays_shape: tuple[int, ...] = ()
         self._depth_cal: SensorCalibration | None = None
 
     # --- whole sets ----------------------------------------------------------------------
@@ -316,5 +317,3 @@ class Preprocessor:
         self._depth_rays_shape = shape
         self._depth_cal = cal
         return self._depth_rays
-
-    _depth_rays_shape: tuple[int, ...] = ()

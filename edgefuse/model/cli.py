@@ -136,6 +136,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         lr=args.lr,
         seed=args.seed,
         modality_dropout=args.modality_dropout,
+        audio_scene_weight=args.audio_scene_weight,
         threads=args.threads,
     )
     rig = load_calibration(find_calibration(args.rig))
@@ -156,7 +157,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         on_epoch=lambda e, s: print(
             f"epoch {e}/{tc.epochs}: heatmap {s['heatmap']:.3f} box {s['box']:.3f} "
-            f"({s['seconds']:.0f} s)",
+            f"audio scene {s['audio_scene']:.3f} ({s['seconds']:.0f} s)",
             file=sys.stderr,
         ),
     )
@@ -245,9 +246,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     if args.plot:
+        from edgefuse.model.evaluate import plot_view
         from edgefuse.model.plots import plot_report
 
-        plot_report(report, args.plot, title=f"{Path(args.model).name}: {len(frames)} frames")
+        plot_report(
+            plot_view(report),
+            args.plot,
+            title=f"{Path(args.model).name}: {len(frames)} frames; by scenario: {report['full']}",
+        )
     return 0
 
 
@@ -317,6 +323,12 @@ def register(sub: Any) -> None:
     tr.add_argument("--lr", type=float, default=2e-3)
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--modality-dropout", type=float, default=0.2)
+    tr.add_argument(
+        "--audio-scene-weight",
+        type=float,
+        default=1.0,
+        help="weight of the audio encoder's auxiliary acoustic-scene loss (0: off)",
+    )
     tr.add_argument("--threads", type=int, default=threads)
     tr.add_argument("--rig", default="calibration/sim_rig.yaml")
     tr.add_argument("--resume", action="store_true", help="continue RUN_DIR's checkpoint")

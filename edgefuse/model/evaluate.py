@@ -209,6 +209,14 @@ def evaluate(
     return report
 
 
+def plot_view(report: Mapping[str, Any]) -> dict[str, Any]:
+    """``report`` as :func:`~edgefuse.model.plots.plot_report` reads it: the scenarios of the
+    model with all its sensors (the report holds each scenario for every subset)."""
+    full = report["full"]
+    scenarios = {sc: by[full] for sc, by in report.get("scenarios", {}).items() if full in by}
+    return {**report, "scenarios": scenarios}
+
+
 def format_report(report: Mapping[str, Any]) -> str:
     """The report as a fixed-width table a person can read."""
     classes = None

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgefuse.model.network import ModelConfig
+from edgefuse.model.network import AUDIO_RINGS_M, ModelConfig
 
 #: Share of the silhouette the camera must see for an object to count.
 MIN_VISIBILITY = 0.05
@@ -110,3 +110,20 @@ class LabelRules:
             box_mask[i, j] = 1.0
             weight[i, j] = 1.0
         return heat, boxes, box_mask, weight
+
+
+def audio_scene(objs: Objects, classes: int) -> np.ndarray:
+    """(classes * rings,) multi-hot: whether an object of each class is in each distance ring
+    around the rig (all around, hidden or not: sound goes round corners).
+
+    The auxiliary target of the audio encoder: what a listener can tell (which kinds of source,
+    roughly how near) without saying where. It gives the audio branch a direct gradient; through
+    the detection loss alone it learns car vs ev slowly, as that signal is only a fraction of one
+    class pair's heatmap loss."""
+    out = np.zeros((classes, len(AUDIO_RINGS_M)), np.float32)
+    if len(objs):
+        d = np.linalg.norm(objs.box3d[:, :2], axis=1)
+        ring = np.searchsorted(np.asarray(AUDIO_RINGS_M), d, side="right")
+        near = ring < len(AUDIO_RINGS_M)
+        out[objs.class_id[near].astype(int), ring[near]] = 1.0
+    return out.reshape(-1)

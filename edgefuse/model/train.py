@@ -27,7 +27,7 @@ from torch import Tensor
 
 from edgefuse.calib.model import RigCalibration
 from edgefuse.model.dataset import Frames, iter_batches
-from edgefuse.model.labels import LabelRules
+from edgefuse.model.labels import LabelRules, audio_scene
 from edgefuse.model.network import FusionNet, ModelConfig, camera_lift_tables
 from edgefuse.runtime.preprocess import MODALITIES
 
@@ -46,6 +46,8 @@ class TrainConfig:
     modality_dropout: float = 0.2
     #: Weight of the box loss against the heatmap loss.
     box_weight: float = 1.0
+    #: Weight of the audio encoder's acoustic-scene loss (``labels.audio_scene``); 0 = off.
+    audio_scene_weight: float = 1.0
     threads: int = 2
 
     def __post_init__(self) -> None:
@@ -121,6 +123,8 @@ class Trainer:
         self.box_t = np.stack([x[1] for x in t])
         self.box_mask = np.stack([x[2] for x in t])
         self.weight = np.stack([x[3] for x in t])
+        k = len(cfg.class_names)
+        self.scene = np.stack([audio_scene(o, k) for o in frames.objects])
         self.rng = np.random.default_rng(train.seed)
 
     @staticmethod
@@ -172,6 +176,19 @@ class Trainer:
         tmp.replace(path)
         return path
 
+    def _scene_loss(self, idx: np.ndarray, inputs: list[Tensor]) -> Tensor | None:
+        """The acoustic-scene loss over the samples of the batch that have audio."""
+        if self.net.audio_scene is None or self.tc.audio_scene_weight <= 0:
+            return None
+        names = self.net.input_names()
+        keep = inputs[-1][:, MODALITIES.index("audio")] > 0
+        if not keep.any():
+            return None
+        logits = self.net.audio_scene_logits(inputs[names.index("audio")][keep])
+        target = torch.from_numpy(self.scene[idx][keep.numpy()])
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+        return self.tc.audio_scene_weight * bce
+
     def _batch(self, idx: np.ndarray) -> tuple[list[Tensor], list[Tensor]]:
         names = self.net.input_names()
         x = self.frames.inputs(idx, names)
@@ -211,7 +228,7 @@ class Trainer:
             self.net.train()
             # One generator draw per epoch, so a resumed run takes the same batches.
             order_rng = np.random.default_rng([self.tc.seed, self.epoch])
-            sums = {"heatmap": 0.0, "box": 0.0}
+            sums = {"heatmap": 0.0, "box": 0.0, "audio_scene": 0.0}
             t0 = time.perf_counter()
             bar = tqdm(
                 iter_batches(n, self.tc.batch, order_rng),
@@ -229,6 +246,10 @@ class Trainer:
                     logits, boxes, heat, box_t, box_mask, weight, box_weight=self.tc.box_weight
                 )
                 loss = hm + bx
+                scene = self._scene_loss(idx, inputs)
+                if scene is not None:
+                    loss = loss + scene
+                    sums["audio_scene"] += float(scene.detach()) * len(idx)
                 if per:
                     mask = inputs[-1][:, self.net.mask_index]
                     for k, (lg, bo) in enumerate(per):

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from edgefuse.calib.model import RigCalibration, find_calibration, load_calibration
-from edgefuse.model.labels import MIN_VISIBILITY, LabelRules, Objects
-from edgefuse.model.network import ModelConfig
+from edgefuse.model.labels import MIN_VISIBILITY, LabelRules, Objects, audio_scene
+from edgefuse.model.network import AUDIO_RINGS_M, ModelConfig
 from edgefuse.model.train import label_rules
 from edgefuse.runtime.postprocess import GridSpec, decode
 
@@ -127,3 +127,22 @@ def test_split_counts_seen_objects_in_view_and_ignores_hidden_ones(rules: LabelR
         [_cell(12.0, 1.0), _cell(25.0, 3.0), _cell(5.0, -15.0)]
     )
     assert not rules.split(_objects([]))[0].size
+
+
+def test_audio_scene_marks_each_class_in_its_distance_ring() -> None:
+    # A car 5 m ahead, an ev 15 m behind (sound goes round: all around counts), a pedestrian
+    # at 30 m to the side, a cyclist at 60 m (beyond the last ring: nothing).
+    objs = _objects(
+        [
+            (0, [5.0, 0.0, 0.0, 4.5, 1.8, 1.5, 0.0], 1.0),
+            (1, [-15.0, 0.0, 0.0, 4.5, 1.8, 1.5, 0.0], 0.0),
+            (2, [0.0, 30.0, 0.0, 0.5, 0.5, 1.7, 0.0], 1.0),
+            (3, [60.0, 0.0, 0.0, 1.8, 0.6, 1.7, 0.0], 1.0),
+        ]
+    )
+    k, rings = len(CFG.class_names), len(AUDIO_RINGS_M)
+    scene = audio_scene(objs, k).reshape(k, rings)
+    expected = np.zeros((k, rings), np.float32)
+    expected[0, 0] = expected[1, 1] = expected[2, 2] = 1.0
+    np.testing.assert_array_equal(scene, expected)
+    assert not audio_scene(_objects([]), k).any()

@@ -17,7 +17,13 @@ import torch
 from torch import Tensor
 
 from edgefuse.calib.model import RigCalibration, find_calibration, load_calibration
-from edgefuse.model.network import FUSIONS, FusionNet, ModelConfig, camera_lift_tables
+from edgefuse.model.network import (
+    AUDIO_RINGS_M,
+    FUSIONS,
+    FusionNet,
+    ModelConfig,
+    camera_lift_tables,
+)
 from edgefuse.runtime.preprocess import MODALITIES, FeatureSpec
 
 #: The configurations checked: every fusion over all modalities, and a lidar-only baseline.
@@ -47,7 +53,11 @@ def nets(rig: RigCalibration) -> Callable[[str], FusionNet]:
     def get(name: str) -> FusionNet:
         if name not in cache:
             torch.manual_seed(0)
-            cache[name] = FusionNet(CONFIGS[name], rig).eval()
+            net = FusionNet(CONFIGS[name], rig).eval()
+            if net.audio_evidence is not None:
+                # Zero at initialisation; made live so the mask contract covers that path too.
+                torch.nn.init.normal_(net.audio_evidence.weight, std=0.1)
+            cache[name] = net
         return cache[name]
 
     return get
@@ -183,3 +193,19 @@ def test_camera_lift_tables_follow_the_cameras_view(rig: RigCalibration) -> None
         assert math.isclose(float(t["col_weight"][ahead].sum()), 1.0, abs_tol=1e-6)
     assert t["ipm_index"][left].max() % fw < t["ipm_index"][right].min() % fw
     assert t["col_index"][left].max() < t["col_index"][right].min()
+
+
+def test_audio_scene_head_reads_the_audio_vector_only(nets: Callable[[str], FusionNet]) -> None:
+    """The training-only acoustic-scene head: on audio networks, a function of the audio input
+    alone, and absent from the graph's outputs (a lidar-only network has none)."""
+    net = nets("attention")
+    cfg = CONFIGS["attention"]
+    x = _random_inputs(cfg)
+    with torch.no_grad():
+        scene = net.audio_scene_logits(x["audio"])
+        again = net.audio_scene_logits(x["audio"].clone())
+        other = net.audio_scene_logits(torch.zeros_like(x["audio"]))
+    assert scene.shape == (1, len(cfg.class_names) * len(AUDIO_RINGS_M))
+    assert torch.equal(scene, again) and not torch.equal(scene, other)
+    with pytest.raises(ValueError, match="no audio"):
+        nets("lidar_only").audio_scene_logits(x["audio"])

@@ -21,6 +21,7 @@ from edgefuse.model.dataset import DatasetError, Frames, build_shard, shard_info
 from edgefuse.model.evaluate import (  # noqa: E402
     detect,
     onnx_predictor,
+    plot_view,
     score,
     torch_predictor,
 )
@@ -114,8 +115,9 @@ def test_training_is_reproducible_and_resumes_exactly(shard: Path, rig, tmp_path
     for (k, va), vc in zip(a.net.state_dict().items(), c.net.state_dict().values(), strict=True):
         torch.testing.assert_close(va, vc, rtol=0, atol=0, msg=k)
     assert a.history[1]["heatmap"] == c.history[1]["heatmap"]
-    # The loss went down on the training data.
+    # The losses went down on the training data (the audio encoder's acoustic scene too).
     assert a.history[1]["heatmap"] < a.history[0]["heatmap"]
+    assert 0 < a.history[1]["audio_scene"] < a.history[0]["audio_scene"]
 
 
 def test_export_checks_and_scores_like_pytorch(shard: Path, rig, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -189,6 +191,9 @@ def test_cli_train_eval_export(shard: Path, tmp_path: Path) -> None:
     rep = json.loads(report.read_text())
     assert set(rep["subsets"]) == {"camera+depth+lidar+audio", "lidar"}
     assert set(rep["scenarios"]) == {"night"}
+    # The plot's scenario panel reads the full model's scores, not n/a.
+    view = plot_view(rep)
+    assert view["scenarios"]["night"]["map"] == rep["scenarios"]["night"][rep["full"]]["map"]
     assert plot.stat().st_size > 10_000
     missing = edgefuse_cli("eval", str(onnx_path), str(tmp_path / "nope"))
     assert missing.returncode == 2 and "nope" in missing.stderr

@@ -54,6 +54,7 @@ def _cmd_echo(args: argparse.Namespace) -> int:
         timeout_s=args.timeout,
         pipeline=args.pipeline,
         keys=args.keys,
+        as_json=args.json,
     )
     return 0 if n else 1
 
@@ -119,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--once", action="store_true", help="print one message and exit")
             s.add_argument("-n", "--count", type=int, default=0, help="exit after N messages")
             s.add_argument("--timeout", type=float, metavar="S", help="give up after S seconds")
+            s.add_argument(
+                "--json", action="store_true", help="one JSON line per message (detections decoded)"
+            )
         else:
             s.add_argument("--window", type=int, default=100, help="messages to average over")
             s.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
@@ -142,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     from edgefuse.model.cli import register as register_model
 
     register_model(sub)
+
+    from edgefuse.runtime.compile import register as register_compile
+
+    register_compile(sub)
 
     bench = sub.add_parser(
         "bench", help="benchmarks (edgefuse bench transport --json)", add_help=False

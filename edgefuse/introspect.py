@@ -7,6 +7,7 @@ tools subscribe to a topic's publisher like any node (with the pipeline's CURVE 
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 import time
@@ -91,6 +92,26 @@ def describe(msg: Message) -> str:
     return "\n".join(lines) + "\n---"
 
 
+def as_json_line(msg: Message) -> str:
+    """One JSON line for ``msg``: detections decoded to their objects (class, score, boxes),
+    any other message as its header and array summaries."""
+    h = msg.header
+    if h.encoding == "detections":
+        from edgefuse.runtime.detections import from_message
+
+        body: dict[str, Any] = from_message(msg).to_json()
+    else:
+        body = {
+            "t_sensor_ns": h.t_sensor_ns,
+            "t_host_ns": h.t_host_ns,
+            "t_ns": h.t_ns,
+            "frame_id": h.frame_id,
+            "encoding": h.encoding,
+            "arrays": [{"shape": list(a.shape), "dtype": str(a.dtype)} for a in msg.arrays],
+        }
+    return json.dumps({"topic": msg.topic, "seq": h.seq, **body}, default=str)
+
+
 def echo(
     topic: str,
     *,
@@ -99,8 +120,11 @@ def echo(
     pipeline: str | None = None,
     keys: str | None = None,
     out: TextIO | None = None,
+    as_json: bool = False,
 ) -> int:
-    """Print messages of ``topic`` (``count`` of them, 0 = until interrupted); return how many."""
+    """Print messages of ``topic`` (``count`` of them, 0 = until interrupted), as text blocks
+    or with ``as_json`` one JSON line each; return how many. A message that cannot be decoded
+    as its encoding says is reported on that line and echo goes on."""
     out = out or sys.stdout
     n = 0
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -109,7 +133,14 @@ def echo(
             wait = 200 if deadline is None else int(max(0, deadline - time.monotonic()) * 1000)
             msg = sub.recv(timeout_ms=min(wait, 200))
             if msg is not None:
-                print(describe(msg), file=out, flush=True)
+                if as_json:
+                    try:
+                        line = as_json_line(msg)
+                    except EdgefuseError as e:
+                        line = json.dumps({"topic": msg.topic, "error": str(e)})
+                    print(line, file=out, flush=True)
+                else:
+                    print(describe(msg), file=out, flush=True)
                 n += 1
             if deadline is not None and time.monotonic() >= deadline:
                 break

@@ -55,6 +55,7 @@ BUILTIN_NODES: dict[str, str] = {
     "sim_mic": "edgefuse.sim.nodes:SimMicNode",
     "sim_truth": "edgefuse.sim.nodes:SimTruthNode",
     "aligner": "edgefuse.sync.node:AlignerNode",
+    "infer": "edgefuse.runtime.node:InferNode",
 }
 
 

@@ -207,3 +207,21 @@ class BadAudio(Node):
     def tick(self) -> None:
         self.publish("audio", [np.zeros((160, 1), np.int16)], t_sensor_ns=self.n * 10_000_000)
         self.n += 1
+
+
+class DetectionProbe(Node):
+    """Writes one JSON line per ``detect/objects`` message (decoded by the wire format) and
+    one per ``sim/truth`` message seen (its objects in ``base_link``), for live checks."""
+
+    Params = ProbeParams
+    inputs = ("objects",)
+
+    def on_message(self, port: str, msg: Message) -> None:
+        import json
+
+        from edgefuse.runtime.detections import from_message
+
+        d = from_message(msg)
+        line = {**d.to_json(), "seq": msg.header.seq, "received_ns": time.monotonic_ns()}
+        with open(self.params.path, "a") as f:
+            f.write(json.dumps(line) + "\n")

@@ -1,0 +1,218 @@
+"""The ``infer`` node: aligned sets in (``sync/set``), detections out (``<name>/objects``).
+
+Live (the default), it works on the **newest** set only: a set that arrives while another is
+waiting replaces it and is counted as dropped, so a slow model never builds a queue and the
+latency stays that of one set. The set waits for the runner to drain its socket first (the
+work is scheduled as a one-shot timer, which the runner fires after draining), so a backlog is
+skipped rather than processed in turn. With ``lossless`` (replay), every set is processed in
+arrival order, whatever it costs.
+
+Each detection message carries the per-stage latency (see :mod:`edgefuse.runtime.detections`);
+the node's counters give the totals and the p50/p99 of capture -> publish for the status table.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from edgefuse.calib.model import find_calibration, load_calibration
+from edgefuse.envelope import Message
+from edgefuse.errors import ConfigError, EdgefuseError
+from edgefuse.node import Node
+from edgefuse.runtime import detections as wire
+from edgefuse.runtime.backends import PRECISIONS, BackendError, BackendOptions, backend_names
+from edgefuse.runtime.infer import DEFAULT_MODEL, Inference, ModelMetadataError
+from edgefuse.sync.aligned_set import AlignedSet, Member
+
+_LATENCY_SAMPLES = 512
+
+
+@dataclass(frozen=True, kw_only=True)
+class InferParams:
+    """Parameters of the infer node."""
+
+    #: The exported ONNX model ("" = the shipped one).
+    model: str = ""
+    #: ``auto``, ``onnxruntime``, ``tensorrt`` or ``torch``.
+    backend: str = "auto"
+    #: TensorRT engine precision.
+    precision: str = "fp32"
+    #: CPU threads of the backend.
+    threads: int = 2
+    #: The rig calibration (2D boxes, the depth lift; the model's rig must match).
+    rig: str = "calibration/sim_rig.yaml"
+    #: Aligned-set stream -> modality.
+    streams: dict[str, str] = field(
+        default_factory=lambda: {
+            "camera": "camera",
+            "depth": "depth",
+            "lidar": "lidar",
+            "mic": "audio",
+        }
+    )
+    #: The rig camera whose pixels the 2D boxes are in.
+    camera: str = "camera"
+    score_threshold: float = 0.1
+    #: Replay: process every set in order instead of the newest only.
+    lossless: bool = False
+
+    def __post_init__(self) -> None:
+        if self.backend != "auto" and self.backend not in backend_names():
+            raise ValueError(
+                f"backend must be auto or one of {backend_names()}, got {self.backend!r}"
+            )
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+        if not 0 < self.score_threshold < 1:
+            raise ValueError(f"score_threshold must be in (0, 1), got {self.score_threshold}")
+
+
+def _owned(s: AlignedSet) -> AlignedSet:
+    """``s`` with its own copies of the payloads: a set kept past the callback must not read
+    shared-memory slots the publisher may already have reused."""
+    members = {
+        k: Member(
+            stream=m.stream,
+            present=m.present,
+            arrays=[np.array(a, copy=True) for a in m.arrays],
+            info=m.info,
+            reason=m.reason,
+        )
+        for k, m in s.members.items()
+    }
+    return AlignedSet(
+        t_ns=s.t_ns,
+        members=members,
+        reference=s.reference,
+        t_host_ns=s.t_host_ns,
+        t_sensor_ns=s.t_sensor_ns,
+        timed_out=s.timed_out,
+        wait_ns=s.wait_ns,
+        late=s.late,
+        seq=s.seq,
+    )
+
+
+class InferNode(Node):
+    """The model on aligned sets, live (newest set only) or lossless (every set)."""
+
+    Params = InferParams
+    outputs: ClassVar = {"objects": wire.ENCODING}
+    inputs: ClassVar = ("set",)
+
+    def setup(self) -> None:
+        p: InferParams = self.params
+        model = Path(p.model) if p.model else DEFAULT_MODEL
+        if not model.is_file():
+            raise ConfigError(f"{self.name}: model {model} not found (params.model)")
+        rig = load_calibration(find_calibration(p.rig))
+        options = BackendOptions(threads=p.threads, precision=p.precision)  # type: ignore[arg-type]
+        try:
+            self.inference = Inference(
+                model,
+                rig,
+                backend=p.backend,
+                options=options,
+                streams=p.streams,
+                camera=p.camera,
+                score_threshold=p.score_threshold,
+            )
+        except (BackendError, ModelMetadataError) as e:
+            raise ConfigError(f"{self.name}: {e}") from e
+        self.log.info("%s: %s", self.name, self.inference.backend.info())
+        self._pending: tuple[AlignedSet, int] | None = None
+        self._scheduled = False
+        self._sets = self._processed = self._dropped = self._bad = 0
+        self._objects = 0
+        self._capture_ms: deque[float] = deque(maxlen=_LATENCY_SAMPLES)
+        self._network_ms: deque[float] = deque(maxlen=_LATENCY_SAMPLES)
+
+    def on_message(self, port: str, msg: Message) -> None:
+        try:
+            s = AlignedSet.from_message(msg)
+        except EdgefuseError as e:
+            self._bad += 1
+            if self._bad == 1:
+                self.log.warning("%s: set dropped: %s", self.name, e)
+            return
+        self._sets += 1
+        received_ns = time.monotonic_ns()
+        if self.params.lossless:
+            self._process(s, received_ns)
+            return
+        if self._pending is not None:
+            self._dropped += 1
+        self._pending = (_owned(s), received_ns)
+        if not self._scheduled:
+            self._scheduled = True
+            self.at(time.monotonic_ns(), self._run_pending)
+
+    def _run_pending(self) -> None:
+        self._scheduled = False
+        if self._pending is None:
+            return
+        s, received_ns = self._pending
+        self._pending = None
+        self._process(s, received_ns)
+
+    def _process(self, s: AlignedSet, received_ns: int) -> None:
+        start_ns = time.monotonic_ns()
+        dets, present, timings = self.inference(s)
+        now = time.monotonic_ns()
+        latency = {
+            **timings.as_dict(),
+            "queue": (start_ns - received_ns) / 1e6,
+            "capture_to_publish": (now - s.t_host_ns) / 1e6 if s.t_host_ns else float("nan"),
+        }
+        arrays, meta = wire.to_payload(
+            dets,
+            class_names=self.inference.grid.class_names,
+            modalities=present,
+            set_seq=s.seq,
+            latency_ms=latency,
+            backend=self.inference.backend.name,
+            model_sha256=self.inference.sha256,
+        )
+        self.publish(
+            "objects",
+            arrays,
+            t_sensor_ns=s.t_sensor_ns,
+            t_host_ns=s.t_host_ns,
+            t_ns=s.t_ns,
+            frame_id="base_link",
+            meta=meta,
+        )
+        self._processed += 1
+        self._objects += len(dets)
+        if s.t_host_ns:
+            self._capture_ms.append(latency["capture_to_publish"])
+        self._network_ms.append(timings.network_ms)
+
+    def counters(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "sets": self._sets,
+            "detected": self._processed,
+            "dropped": self._dropped,
+            "bad": self._bad,
+            "objects": self._objects,
+        }
+        if self._capture_ms:
+            a = np.asarray(self._capture_ms)
+            out["latency_p50_ms"] = round(float(np.percentile(a, 50)), 2)
+            out["latency_p99_ms"] = round(float(np.percentile(a, 99)), 2)
+        if self._network_ms:
+            out["network_p50_ms"] = round(float(np.median(np.asarray(self._network_ms))), 2)
+        return out
+
+    def teardown(self) -> None:
+        inference = getattr(self, "inference", None)
+        if inference is not None:
+            inference.close()

@@ -42,12 +42,11 @@ from edgefuse.calib.model import (
     load_calibration,
 )
 from edgefuse.errors import EdgefuseError
+from edgefuse.runtime.infer import DEFAULT_MODEL
 from edgefuse.runtime.postprocess import GridSpec, decode, project_boxes
 from edgefuse.runtime.preprocess import FeatureSpec, Preprocessor
 from edgefuse.sync.aligned_set import AlignedSet
 
-#: The shipped model (built by ``edgefuse export``; absent until someone does).
-DEFAULT_MODEL = Path(edgefuse.__file__).resolve().parent / "assets" / "model" / "fusion.onnx"
 DEFAULT_PIPELINE = "pipelines/sim.yaml"
 DEFAULT_RIG = "calibration/sim_rig.yaml"
 BACKENDS = ("onnxruntime", "torch")
@@ -131,26 +130,17 @@ def input_sets(
 
 
 def onnx_network(model: Path, *, threads: int) -> tuple[Network, list[str], str]:
-    """An ONNX Runtime session of ``model`` as deployed on the edge, its input names and the
-    runtime's version."""
-    import onnxruntime as ort
+    """The runtime's ONNX Runtime backend on ``model`` (CPU, as deployed on the edge), its
+    input names and the runtime's version."""
+    from edgefuse.runtime.backends import BackendOptions, open_backend
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Idle pool threads sleep instead of spinning, so they do not take CPU from capture.
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
-    names = [i.name for i in session.get_inputs()]
-    outputs = ["heatmap", "boxes"]
+    backend = open_backend("onnxruntime", model, BackendOptions(threads=threads, device="cpu"))
 
     def run(x: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        heatmap, boxes = session.run(outputs, {n: x[n] for n in names})
-        return heatmap, boxes
+        out = backend.run(x)
+        return out["heatmap"], out["boxes"]
 
-    return run, names, str(ort.__version__)
+    return run, list(backend.input_names), str(backend.info()["version"])
 
 
 def torch_network(

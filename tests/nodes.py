@@ -225,3 +225,17 @@ class DetectionProbe(Node):
         line = {**d.to_json(), "seq": msg.header.seq, "received_ns": time.monotonic_ns()}
         with open(self.params.path, "a") as f:
             f.write(json.dumps(line) + "\n")
+
+
+class EnvProbe(Node):
+    """Writes its process's thread-pool variables (``*_NUM_THREADS``) as JSON to ``path``."""
+
+    Params = ProbeParams
+
+    def setup(self) -> None:
+        import json
+        import os
+
+        env = {k: v for k, v in os.environ.items() if k.endswith("_NUM_THREADS")}
+        with open(self.params.path, "w") as f:
+            f.write(json.dumps(env))

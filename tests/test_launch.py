@@ -233,3 +233,19 @@ def test_cli_reports_config_errors_with_exit_code_2(tmp_path: Path) -> None:
     )
     assert r.returncode == 2
     assert f"{path}:4: nodes.camera.params.fps: unknown key" in r.stderr
+
+
+def test_node_processes_get_single_thread_pools_unless_the_user_sets_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """numpy's BLAS and OpenMP pools spin one thread per core in every node otherwise."""
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's choice wins
+    out = tmp_path / "env.json"
+    probe = f"{{type: 'tests.nodes:EnvProbe', params: {{path: '{out}'}}}}"
+    text = f"name: envtest\nnodes:\n  probe: {probe}\n"
+    launch(tmp_path, text, 1.5)
+    env = json.loads(out.read_text())
+    assert env["OPENBLAS_NUM_THREADS"] == "1" and env["MKL_NUM_THREADS"] == "1"
+    assert env["OMP_NUM_THREADS"] == "2"

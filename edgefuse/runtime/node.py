@@ -1,11 +1,13 @@
 """The ``infer`` node: aligned sets in (``sync/set``), detections out (``<name>/objects``).
 
-Live (the default), it works on the **newest** set only: a set that arrives while another is
-waiting replaces it and is counted as dropped, so a slow model never builds a queue and the
-latency stays that of one set. The set waits for the runner to drain its socket first (the
-work is scheduled as a one-shot timer, which the runner fires after draining), so a backlog is
-skipped rather than processed in turn. With ``lossless`` (replay), every set is processed in
-arrival order, whatever it costs.
+Live (the default), sets wait in a queue of at most ``queue_depth`` (default 3): when a set
+arrives to a full queue the oldest waiting one is dropped and counted, so a slow model never
+builds a growing backlog and works on recent sets. The depth is there because the aligner
+emits in bursts (a set waits for the lidar sweep that covers it: three 30 Hz camera sets per
+10 Hz sweep); with a depth of 1 (newest only) a burst would lose two sets of three even on a
+machine fast enough for all of them. Work is scheduled as a one-shot timer, one set per turn,
+so the runner drains its socket between sets and the queue always holds the newest. With
+``lossless`` (replay), every set is processed in arrival order, whatever it costs.
 
 Each detection message carries the per-stage latency (see :mod:`edgefuse.runtime.detections`);
 the node's counters give the totals and the p50/p99 of capture -> publish for the status table.
@@ -59,7 +61,9 @@ class InferParams:
     #: The rig camera whose pixels the 2D boxes are in.
     camera: str = "camera"
     score_threshold: float = 0.1
-    #: Replay: process every set in order instead of the newest only.
+    #: Sets waiting at most (live); the oldest is dropped when a set arrives to a full queue.
+    queue_depth: int = 3
+    #: Replay: process every set in order, none dropped.
     lossless: bool = False
 
     def __post_init__(self) -> None:
@@ -71,6 +75,8 @@ class InferParams:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
+        if self.queue_depth < 1:
+            raise ValueError(f"queue_depth must be >= 1, got {self.queue_depth}")
         if not 0 < self.score_threshold < 1:
             raise ValueError(f"score_threshold must be in (0, 1), got {self.score_threshold}")
 
@@ -102,7 +108,7 @@ def _owned(s: AlignedSet) -> AlignedSet:
 
 
 class InferNode(Node):
-    """The model on aligned sets, live (newest set only) or lossless (every set)."""
+    """The model on aligned sets, live (bounded queue, oldest dropped) or lossless."""
 
     Params = InferParams
     outputs: ClassVar = {"objects": wire.ENCODING}
@@ -128,7 +134,7 @@ class InferNode(Node):
         except (BackendError, ModelMetadataError) as e:
             raise ConfigError(f"{self.name}: {e}") from e
         self.log.info("%s: %s", self.name, self.inference.backend.info())
-        self._pending: tuple[AlignedSet, int] | None = None
+        self._pending: deque[tuple[AlignedSet, int]] = deque()
         self._scheduled = False
         self._sets = self._processed = self._dropped = self._bad = 0
         self._objects = 0
@@ -148,20 +154,24 @@ class InferNode(Node):
         if self.params.lossless:
             self._process(s, received_ns)
             return
-        if self._pending is not None:
+        if len(self._pending) >= self.params.queue_depth:
+            self._pending.popleft()
             self._dropped += 1
-        self._pending = (_owned(s), received_ns)
+        self._pending.append((_owned(s), received_ns))
         if not self._scheduled:
             self._scheduled = True
             self.at(time.monotonic_ns(), self._run_pending)
 
     def _run_pending(self) -> None:
+        # One set per turn: the runner drains the socket before the next one-shot fires.
         self._scheduled = False
-        if self._pending is None:
+        if not self._pending:
             return
-        s, received_ns = self._pending
-        self._pending = None
+        s, received_ns = self._pending.popleft()
         self._process(s, received_ns)
+        if self._pending:
+            self._scheduled = True
+            self.at(time.monotonic_ns(), self._run_pending)
 
     def _process(self, s: AlignedSet, received_ns: int) -> None:
         start_ns = time.monotonic_ns()

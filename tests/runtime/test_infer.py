@@ -219,8 +219,8 @@ def test_infer_node_live_on_the_simulated_rig(tmp_path: Path) -> None:
     rep: dict[str, Any] = json.loads(report.read_text())
     assert all(n["errors"] == {} for n in rep["nodes"].values()), rep["nodes"]
     c = rep["nodes"]["detect"]["counters"]
-    # Every set received is either detected or dropped for a newer one (one may be pending).
-    assert c["sets"] - 1 <= c["detected"] + c["dropped"] <= c["sets"], c
+    # Every set received is detected or dropped from the full queue (at most 3 left pending).
+    assert c["sets"] - 3 <= c["detected"] + c["dropped"] <= c["sets"], c
     lines = [json.loads(x) for x in probe.read_text().splitlines()]
     assert len(lines) >= 30 and len(lines) <= c["detected"]
     assert all(a["t_ns"] < b["t_ns"] for a, b in itertools.pairwise(lines))

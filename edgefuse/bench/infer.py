@@ -246,7 +246,7 @@ def run(
 ) -> dict[str, Any]:
     """The whole benchmark as one JSON-ready document; ``InferBenchError`` when it cannot run
     as asked (no model; ``backend="torch"`` without a usable checkpoint)."""
-    from edgefuse.model.export import read_metadata
+    from edgefuse.runtime.infer import model_metadata as read_metadata
 
     if backend not in (*BACKENDS, "all"):
         raise InferBenchError(f"unknown backend {backend!r}; expected {', '.join(BACKENDS)} or all")

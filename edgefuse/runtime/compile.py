@@ -27,7 +27,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -211,24 +211,19 @@ def compile_model(
     return finish(EXIT_OK)
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum``, with a message saying which it is not."""
 
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
 
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+    return parse
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:
@@ -267,10 +262,12 @@ def register(sub: Any) -> None:
         metavar="DIR",
         help="engine and timing cache (default: ~/.cache/edgefuse/trt, as the infer node)",
     )
-    p.add_argument("--gpu", type=_non_negative, default=0, metavar="N", help="CUDA device index")
-    p.add_argument("--iterations", type=_positive, default=200, help="timed runs (default 200)")
+    p.add_argument("--gpu", type=_int_at_least(0), default=0, metavar="N", help="CUDA device index")
     p.add_argument(
-        "--warmup", type=_non_negative, default=20, help="discarded runs first (default 20)"
+        "--iterations", type=_int_at_least(1), default=200, help="timed runs (default 200)"
+    )
+    p.add_argument(
+        "--warmup", type=_int_at_least(0), default=20, help="discarded runs first (default 20)"
     )
     p.add_argument("--rebuild", action="store_true", help="build even if a cached engine fits")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")

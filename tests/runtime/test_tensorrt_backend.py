@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -46,11 +45,11 @@ from edgefuse.runtime.backends._tensorrt import (
     timing_cache_path,
 )
 from edgefuse.runtime.compile import latency_summary
+from tests.conftest import REPO, edgefuse_cli
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "edgefuse" / "assets" / "model" / "fusion.onnx"
 ORIN = GpuInfo(name="Orin", compute_capability=(8, 7), sm_count=16)
 FP32_MODEL = ModelPrecision(has_qdq=False, has_fp16=False)
@@ -58,14 +57,8 @@ FP16_MODEL = ModelPrecision(has_qdq=False, has_fp16=True)
 QDQ_MODEL = ModelPrecision(has_qdq=True, has_fp16=True)
 
 
-def _cli(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "edgefuse", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-    )
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return edgefuse_cli(*args, timeout_s=120)
 
 
 # --------------------------------------------------------------------------------------------

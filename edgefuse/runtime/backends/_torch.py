@@ -27,8 +27,8 @@ class TorchBackend:
     def __init__(self, model: str | Path, options: BackendOptions) -> None:
         torch: Any = require_extra("torch", "train")
         from edgefuse.calib.model import find_calibration, load_calibration
-        from edgefuse.model.export import read_metadata
         from edgefuse.model.train import load_checkpoint
+        from edgefuse.runtime.infer import model_metadata as read_metadata
 
         self._torch: Any = torch
         path = Path(model)

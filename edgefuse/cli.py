@@ -151,6 +151,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_compile(sub)
 
+    from edgefuse.calib.cli import register as register_calib
+
+    register_calib(sub)
+
+    from edgefuse.sensors.devices import register as register_devices
+
+    register_devices(sub)
+
+    from edgefuse.record.import_cli import register as register_import
+
+    register_import(sub)
+
+    from edgefuse.record.cli import register as register_record
+
+    register_record(sub)
+
     bench = sub.add_parser(
         "bench", help="benchmarks (edgefuse bench transport --json)", add_help=False
     )

@@ -21,6 +21,9 @@ A session is a standard chunked, indexed MCAP file that any MCAP tool can open:
   times are 0. The header record's library field is ``edgefuse/<version>``, the profile is empty.
   Nothing else is added (no wall clock, host name or random id), so the same writes give the
   same file, byte for byte, with the same edgefuse, mcap, zstandard and lz4 versions.
+- Channels of other encodings (``add_channel``/``write_message``: the recorder's Foxglove JSON
+  channels) may sit beside the envelope channels; envelope readers skip them. ``flush()`` ends
+  the chunk in progress and hands everything written to the OS (the recorder's crash bound).
 
 Reading uses the summary section when its CRC and counts check out. Otherwise (the writer was
 killed, the tail is damaged) the data section is walked record by record: every complete
@@ -51,7 +54,7 @@ from edgefuse.errors import EnvelopeError, require_extra
 from edgefuse.record.errors import SessionError
 
 if TYPE_CHECKING:
-    from mcap.records import Channel, McapRecord
+    from mcap.records import Channel, Chunk, McapRecord
     from mcap.records import Message as McapMessage
 
 ENVELOPE_ENCODING: Final = "edgefuse.envelope.v1"
@@ -62,6 +65,44 @@ _OP_HEADER, _OP_FOOTER, _OP_CHANNEL, _OP_MESSAGE, _OP_CHUNK = 0x01, 0x02, 0x04, 
 _OP_ATTACHMENT, _OP_METADATA, _OP_DATA_END = 0x09, 0x0C, 0x0F
 #: Largest record or uncompressed chunk believed (the mcap library's own default limit).
 _MAX_RECORD: Final = 4 << 30
+
+
+def envelope_bytes(topic: str, header: Header, arrays: Sequence[np.ndarray]) -> bytes:
+    """The message data of one envelope in a session (see the module docstring): one copy of
+    every payload, so the result stays valid after a shared-memory slot is reused. Raises
+    ``EnvelopeError`` when topic, header and arrays do not form a valid envelope."""
+    envelope.check_topic(topic.encode("utf-8"))
+    # ascontiguousarray turns a 0-d array into shape (1,): keep the caller's shape.
+    flat = [np.ascontiguousarray(a).reshape(a.shape) for a in arrays]
+    descs = [PayloadDesc(envelope.wire_dtype(a), tuple(map(int, a.shape))) for a in flat]
+    envelope.check_layout(topic, header, descs, n_payload_frames=len(descs))
+    head = envelope.encode_header(header, descs)
+    return b"".join([_U32.pack(len(head)), head, *(a for a in flat if a.nbytes)])
+
+
+def decode_envelope(topic: str, data: bytes | memoryview) -> Message:
+    """Inverse of :func:`envelope_bytes`: arrays are read-only views of ``data``. Raises
+    ``EnvelopeError`` naming what is wrong."""
+    view = memoryview(data)
+    if len(view) < _U32.size:
+        raise EnvelopeError("truncated", f"{len(view)} bytes, no header length")
+    (n,) = _U32.unpack(view[: _U32.size])
+    pos = _U32.size + n
+    if pos > len(view):
+        raise EnvelopeError("truncated", f"header of {n} bytes in {len(view)} bytes")
+    header, descs = envelope.decode_header(view[_U32.size : pos])
+    if any(d.shm is not None for d in descs):
+        raise EnvelopeError("bad_header", "a recorded payload refers to shared memory")
+    envelope.check_layout(topic, header, descs, n_payload_frames=len(descs))
+    arrays: list[np.ndarray] = []
+    for d in descs:
+        if pos + d.nbytes > len(view):
+            raise EnvelopeError("truncated", f"payloads end after byte {len(view)}")
+        arrays.append(envelope.array_from_buffer(d, view[pos : pos + d.nbytes]))
+        pos += d.nbytes
+    if pos != len(view):
+        raise EnvelopeError("size_mismatch", f"{len(view) - pos} bytes after the payloads")
+    return Message(topic, header, arrays)
 
 
 class SessionWriter:
@@ -86,6 +127,7 @@ class SessionWriter:
         self.path = Path(path)
         self._counts: dict[str, int] = {}
         self._channels: dict[str, tuple[int, str]] = {}  # topic -> channel id, stream encoding
+        self._others: set[str] = set()  # topics of channels added by add_channel
         self._closed = False
         try:
             self._file = open(self.path, "wb")  # noqa: SIM115 (closed by close())
@@ -118,19 +160,22 @@ class SessionWriter:
     ) -> None:
         """Append one message; arrays are copied into the file (any layout, wire dtypes only)."""
         self._check_open()
-        log_time = header.t_host_ns if log_time_ns is None else log_time_ns
-        publish_time = header.t_pub_ns or log_time
         try:
-            envelope.check_topic(topic.encode("utf-8"))
-            # ascontiguousarray turns a 0-d array into shape (1,): keep the caller's shape.
-            flat = [np.ascontiguousarray(a).reshape(a.shape) for a in arrays]
-            descs = [PayloadDesc(envelope.wire_dtype(a), tuple(map(int, a.shape))) for a in flat]
-            envelope.check_layout(topic, header, descs, n_payload_frames=len(descs))
-            head = envelope.encode_header(header, descs)
+            data = envelope_bytes(topic, header, arrays)
         except EnvelopeError as exc:
             raise SessionError(
                 f"{self.path}: cannot record on {topic!r}: {exc}", kind=exc.kind
             ) from exc
+        self.write_envelope(topic, header, data, log_time_ns=log_time_ns)
+
+    def write_envelope(
+        self, topic: str, header: Header, data: bytes, *, log_time_ns: int | None = None
+    ) -> None:
+        """Append one message already encoded by :func:`envelope_bytes` (``header`` is the one
+        it was encoded from: it gives the times, ``seq`` and encoding without decoding)."""
+        self._check_open()
+        log_time = header.t_host_ns if log_time_ns is None else log_time_ns
+        publish_time = header.t_pub_ns or log_time
         for what, t in (("log", log_time), ("publish", publish_time)):
             if not 0 <= t < 2**64:
                 raise SessionError(
@@ -139,9 +184,77 @@ class SessionWriter:
                     kind="bad_time",
                 )
         channel = self._channel(topic, header.encoding)
-        data = b"".join([_U32.pack(len(head)), head, *(a for a in flat if a.nbytes)])
         self._writer.add_message(channel, log_time, data, publish_time, header.seq & 0xFFFFFFFF)
         self._counts[topic] = self._counts.get(topic, 0) + 1
+
+    def add_channel(
+        self,
+        topic: str,
+        *,
+        message_encoding: str,
+        schema_name: str = "",
+        schema_encoding: str = "",
+        schema_data: bytes = b"",
+        metadata: Mapping[str, str] | None = None,
+    ) -> int:
+        """Register a channel of another encoding (e.g. ``json`` with a ``jsonschema``) beside
+        the envelope channels; return its id for :meth:`write_message`. Readers of envelopes
+        skip such channels (see :meth:`SessionReader.topics`)."""
+        self._check_open()
+        if (
+            message_encoding == ENVELOPE_ENCODING
+            or topic in self._channels
+            or topic in self._others
+        ):
+            raise SessionError(
+                f"{self.path}: {topic!r} is an envelope topic; other channels need their own "
+                "topic and encoding",
+                kind="unsupported",
+            )
+        schema_id = 0
+        if schema_name:
+            schema_id = self._writer.register_schema(schema_name, schema_encoding, schema_data)
+        self._others.add(topic)
+        meta = dict(metadata or {})
+        cid = self._writer.register_channel(topic, message_encoding, schema_id, meta)
+        return int(cid)
+
+    def write_message(
+        self,
+        channel_id: int,
+        log_time_ns: int,
+        data: bytes,
+        *,
+        publish_time_ns: int | None = None,
+        sequence: int = 0,
+    ) -> None:
+        """Append raw message bytes on a channel made by :meth:`add_channel`."""
+        self._check_open()
+        if not 0 <= log_time_ns < 2**64:
+            raise SessionError(f"{self.path}: log time {log_time_ns} is not in [0, 2**64) ns")
+        publish = log_time_ns if publish_time_ns is None else publish_time_ns
+        self._writer.add_message(channel_id, log_time_ns, data, publish, sequence & 0xFFFFFFFF)
+
+    def add_metadata(self, name: str, values: Mapping[str, str]) -> None:
+        """Add a metadata record between the chunks written so far (e.g. end-of-run counts)."""
+        self._check_open()
+        self._writer.add_metadata(name, dict(values))
+
+    def flush(self) -> None:
+        """End the chunk in progress and push everything written so far to the OS, so that a
+        writer killed after this loses nothing before it (no fsync: a power cut still can)."""
+        self._check_open()
+        flush = getattr(self._writer, "flush", None)
+        if flush is not None:  # mcap >= 1.2.1
+            flush()
+        else:
+            self._writer._Writer__finalize_chunk()  # type: ignore[attr-defined]
+            self._file.flush()
+
+    @property
+    def bytes_written(self) -> int:
+        """Bytes in the file so far (completed chunks and records; not the chunk in progress)."""
+        return self._file.tell() if not self._file.closed else self.path.stat().st_size
 
     def attach(
         self, name: str, data: bytes, *, media_type: str = "application/octet-stream"
@@ -173,6 +286,11 @@ class SessionWriter:
     def _channel(self, topic: str, encoding: str) -> int:
         known = self._channels.get(topic)
         if known is None:
+            if topic in self._others:
+                raise SessionError(
+                    f"{self.path}: {topic!r} is already a channel of another encoding",
+                    kind="encoding_changed",
+                )
             cid = self._writer.register_channel(topic, ENVELOPE_ENCODING, 0, {"encoding": encoding})
             self._channels[topic] = known = (cid, encoding)
         elif known[1] != encoding:
@@ -182,6 +300,17 @@ class SessionWriter:
                 kind="encoding_changed",
             )
         return known[0]
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkInfo:
+    """One complete chunk of a session file (see :meth:`SessionReader.chunks`)."""
+
+    offset: int
+    compression: str  # "zstd", "lz4" or "" (none)
+    compressed_size: int
+    uncompressed_size: int
+    records: list[McapRecord]  # schemas, channels and messages, in file order
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +330,9 @@ class SessionReader:
         self.path = Path(path)
         #: True when the file ended early (writer killed): what was complete has been recovered.
         self.truncated = False
+        #: The MCAP header's profile ("" for edgefuse sessions) and writing library.
+        self.profile = ""
+        self.library = ""
         self._channels: dict[int, Channel] = {}
         self._counts: dict[int, int] = {}
         self._chunks: list[_ChunkRef] = []
@@ -215,6 +347,7 @@ class SessionReader:
         try:
             if self._size < len(_MAGIC) or self._read(0, len(_MAGIC)) != _MAGIC:
                 raise SessionError(f"{self.path}: not an MCAP file (no magic)", kind="not_mcap")
+            self.profile, self.library = self._read_header()
             if not self._load_summary():
                 self._scan()
         except BaseException:
@@ -289,6 +422,23 @@ class SessionReader:
         lo, hi = start_ns if start_ns is not None else 0, end_ns if end_ns is not None else 2**64
         return self._merge(wanted, lo, hi)
 
+    def channels(self) -> dict[int, Channel]:
+        """Every channel by id, envelope channels and others (Foxglove JSON, ...)."""
+        return dict(self._channels)
+
+    def chunks(self) -> Iterator[ChunkInfo]:
+        """Every complete chunk in file order, decompressed and CRC-checked, with its records
+        (schemas, channels, messages): what ``edgefuse info`` walks."""
+        from mcap.stream_reader import breakup_chunk
+
+        for ref in sorted(self._chunks, key=lambda c: c.offset):
+            chunk = self._chunk(ref.offset)
+            with self._decoding(f"chunk at byte {ref.offset}"):
+                records = breakup_chunk(chunk, validate_crc=True)
+            yield ChunkInfo(
+                ref.offset, chunk.compression, len(chunk.data), chunk.uncompressed_size, records
+            )
+
     def close(self) -> None:
         """Close the file; iterators still running then raise ``SessionError``."""
         self._file.close()
@@ -326,32 +476,13 @@ class SessionReader:
                     heapq.heappush(heap, (rec.log_time, offset, i, rec))
 
     def _decode(self, topic: str, msg: McapMessage) -> Message:
-        data = memoryview(msg.data)
         try:
-            if len(data) < _U32.size:
-                raise EnvelopeError("truncated", f"{len(data)} bytes, no header length")
-            (n,) = _U32.unpack(data[: _U32.size])
-            pos = _U32.size + n
-            if pos > len(data):
-                raise EnvelopeError("truncated", f"header of {n} bytes in {len(data)} bytes")
-            header, descs = envelope.decode_header(data[_U32.size : pos])
-            if any(d.shm is not None for d in descs):
-                raise EnvelopeError("bad_header", "a recorded payload refers to shared memory")
-            envelope.check_layout(topic, header, descs, n_payload_frames=len(descs))
-            arrays: list[np.ndarray] = []
-            for d in descs:
-                if pos + d.nbytes > len(data):
-                    raise EnvelopeError("truncated", f"payloads end after byte {len(data)}")
-                arrays.append(envelope.array_from_buffer(d, data[pos : pos + d.nbytes]))
-                pos += d.nbytes
-            if pos != len(data):
-                raise EnvelopeError("size_mismatch", f"{len(data) - pos} bytes after the payloads")
+            return decode_envelope(topic, msg.data)
         except EnvelopeError as exc:
             raise SessionError(
                 f"{self.path}: message on {topic!r} at log time {msg.log_time} ns: {exc}",
                 kind=exc.kind,
             ) from exc
-        return Message(topic, header, arrays)
 
     @contextmanager
     def _decoding(self, what: str) -> Iterator[None]:
@@ -383,17 +514,41 @@ class SessionReader:
             )
         return self._read(offset + _PREFIX.size, length)
 
-    def _chunk_records(self, offset: int) -> list[McapRecord]:
+    def _chunk(self, offset: int) -> Chunk:
         from mcap.data_stream import ReadDataStream
         from mcap.records import Chunk
-        from mcap.stream_reader import breakup_chunk
 
         body = self._record(offset, _OP_CHUNK)
         with self._decoding(f"chunk at byte {offset}"):
             chunk = Chunk.read(ReadDataStream(io.BytesIO(body)))
             if chunk.uncompressed_size > _MAX_RECORD:
                 raise ValueError(f"uncompressed size {chunk.uncompressed_size} is implausible")
+        return chunk  # type: ignore[no-any-return]
+
+    def _chunk_records(self, offset: int) -> list[McapRecord]:
+        from mcap.stream_reader import breakup_chunk
+
+        chunk = self._chunk(offset)
+        with self._decoding(f"chunk at byte {offset}"):
             return breakup_chunk(chunk, validate_crc=True)
+
+    def _read_header(self) -> tuple[str, str]:
+        """Profile and library of the MCAP header record ("" when the file ends before it)."""
+        from mcap.data_stream import ReadDataStream
+        from mcap.records import Header as McapHeader
+
+        pos = len(_MAGIC)
+        if pos + _PREFIX.size > self._size:
+            return "", ""
+        op, length = _PREFIX.unpack(self._read(pos, _PREFIX.size))
+        if op != _OP_HEADER:
+            raise SessionError(f"{self.path}: no MCAP header record after the magic")
+        if pos + _PREFIX.size + length > self._size:
+            return "", ""
+        with self._decoding("header record"):
+            body = self._read(pos + _PREFIX.size, length)
+            rec = McapHeader.read(ReadDataStream(io.BytesIO(body)))
+        return str(rec.profile), str(rec.library)
 
     def _load_summary(self) -> bool:
         """Index from the summary section; False (scan instead) when it is missing or damaged."""

@@ -21,7 +21,7 @@ def test_version_and_help() -> None:
 
 def test_check_ok_and_error() -> None:
     r = cli("check", "pipelines/sim.yaml")
-    assert r.returncode == 0 and "ok (7 nodes, 7 topics)" in r.stdout
+    assert r.returncode == 0 and "ok (8 nodes, 7 topics)" in r.stdout
     r = cli("check", "pipelines/none.yaml")
     assert r.returncode == 2 and "pipelines/none.yaml: cannot read" in r.stderr
 

@@ -9,8 +9,11 @@
     edgefuse bench align [--json] [--seconds 300] [--clocks default|acceptance]
                          [--max-wait-ms 250] [--repeats 3]
     edgefuse bench infer [--json] [--model MODEL.onnx] [--checkpoint MODEL.pt]
-                         [--backend onnxruntime|torch|all] [--threads 2]
-                         [--iterations 200] [--warmup 20]
+                         [--backend onnxruntime|torch|tensorrt|all] [--precision fp32]
+                         [--threads 2] [--iterations 200] [--warmup 20]
+    edgefuse bench record [--json] [--seconds 3] [--compression none|zstd|lz4|all]
+                          [--foxglove]
+    edgefuse bench sensors [--json] [--seconds 5]
 """
 
 from __future__ import annotations
@@ -123,13 +126,66 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument(
         "--checkpoint", metavar="MODEL.pt", help="PyTorch reference (default: MODEL.pt beside it)"
     )
-    i.add_argument("--backend", choices=("onnxruntime", "torch", "all"), default="all")
+    i.add_argument(
+        "--backend",
+        choices=("onnxruntime", "torch", "tensorrt", "all"),
+        default="all",
+        help="all: every backend that can run here (TensorRT needs a GPU and the gpu extra)",
+    )
+    i.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "int8"),
+        default="fp32",
+        help="TensorRT engine precision (int8: a Q/DQ model)",
+    )
     i.add_argument("--threads", type=int, default=2, help="intra-op threads of either backend")
     i.add_argument("--iterations", type=int, default=200, help="measured sets per backend")
     i.add_argument("--warmup", type=int, default=20, help="discarded sets before them")
     i.add_argument("--rig", default="calibration/sim_rig.yaml")
     i.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    r = sub.add_parser(
+        "record",
+        help="recording throughput on one core: uncompressed, zstd, lz4",
+        description="The simulated rig's payloads into a session file as fast as the "
+        "recorder's writer takes them, pinned to one CPU.",
+    )
+    r.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    r.add_argument("--out", metavar="FILE", help="also write the JSON document to FILE")
+    r.add_argument("--seconds", type=float, default=3.0, help="per compression setting")
+    r.add_argument("--compression", choices=("none", "zstd", "lz4", "all"), default="all")
+    r.add_argument("--foxglove", action="store_true", help="with the Foxglove channels")
+    s = sub.add_parser(
+        "sensors",
+        help="driver cost: lidar packet decoding, camera publish",
+        description="Per-driver CPU cost per frame and latency from arrival to publish.",
+    )
+    s.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    s.add_argument("--out", metavar="FILE", help="also write the JSON document to FILE")
+    s.add_argument("--seconds", type=float, default=5.0, help="per driver")
     return parser
+
+
+def _record(args: argparse.Namespace, argv: list[str]) -> int:
+    from edgefuse.bench.record import bench_record
+
+    if args.seconds <= 0:
+        print("edgefuse bench record: --seconds must be > 0", file=sys.stderr)
+        return 2
+    doc = bench_record(seconds=args.seconds, compression=args.compression, foxglove=args.foxglove)
+    doc = {"benchmark": "record", "command": shlex.join(["edgefuse", "bench", *argv]), **doc}
+    print(_document(args, doc))
+    return 0
+
+
+def _sensors(args: argparse.Namespace, argv: list[str]) -> int:
+    from edgefuse.bench.sensors import run as run_sensors
+
+    if args.seconds <= 0.2:
+        print("edgefuse bench sensors: --seconds must be > 0.2", file=sys.stderr)
+        return 2
+    doc = run_sensors(seconds=args.seconds, command=shlex.join(["edgefuse", "bench", *argv]))
+    print(_document(args, doc))
+    return 0
 
 
 def _config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> transport.BenchConfig:
@@ -183,6 +239,10 @@ def main(argv: list[str]) -> int:
             return _align(args, argv)
         if args.bench == "infer":
             return _infer(args, argv)
+        if args.bench == "record":
+            return _record(args, argv)
+        if args.bench == "sensors":
+            return _sensors(args, argv)
         cfg = _config(args, parser)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else 2
@@ -248,6 +308,7 @@ def _infer(args: argparse.Namespace, argv: list[str]) -> int:
             model=args.model,
             checkpoint=args.checkpoint,
             backend=args.backend,
+            precision=args.precision,
             threads=args.threads,
             iterations=args.iterations,
             warmup=args.warmup,

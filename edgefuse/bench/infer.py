@@ -49,7 +49,7 @@ from edgefuse.sync.aligned_set import AlignedSet
 
 DEFAULT_PIPELINE = "pipelines/sim.yaml"
 DEFAULT_RIG = "calibration/sim_rig.yaml"
-BACKENDS = ("onnxruntime", "torch")
+BACKENDS = ("onnxruntime", "torch", "tensorrt")
 STAGES = ("preprocess", "network", "postprocess", "total")
 DEFAULT_ITERATIONS = 200
 DEFAULT_WARMUP = 20
@@ -141,6 +141,44 @@ def onnx_network(model: Path, *, threads: int) -> tuple[Network, list[str], str]
         return out["heatmap"], out["boxes"]
 
     return run, list(backend.input_names), str(backend.info()["version"])
+
+
+def tensorrt_network(model: Path, *, precision: str) -> tuple[Network | None, str, str]:
+    """The runtime's TensorRT backend on ``model`` (engine from the cache, built on first use):
+    (network, "", TensorRT version), or (None, why it cannot run here, "")."""
+    from edgefuse.runtime.backends import BackendOptions, open_backend
+    from edgefuse.runtime.backends._tensorrt import tensorrt_availability
+
+    avail = tensorrt_availability()
+    if not avail.usable:
+        return None, f"TensorRT cannot run here: {avail.reason}", ""
+    backend = open_backend(
+        "tensorrt",
+        model,
+        BackendOptions(device="cuda", precision=precision),  # type: ignore[arg-type]
+    )
+
+    def run(x: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        out = backend.run(x)
+        return out["heatmap"], out["boxes"]
+
+    return run, "", str(backend.info().get("version", ""))
+
+
+def parity(
+    reference: tuple[np.ndarray, np.ndarray], other: tuple[np.ndarray, np.ndarray]
+) -> dict[str, float]:
+    """How far ``other``'s outputs are from ``reference``'s: largest absolute and relative
+    difference (relative to the largest reference magnitude of each output) and the cosine
+    similarity of all outputs together."""
+    a = np.concatenate([np.ravel(x).astype(np.float64) for x in reference])
+    b = np.concatenate([np.ravel(x).astype(np.float64) for x in other])
+    cos = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
+    return {
+        "max_abs": float(np.max(np.abs(a - b))),
+        "max_rel": _max_rel_diff(reference, other),
+        "cosine": round(cos, 9),
+    }
 
 
 def torch_network(
@@ -236,6 +274,7 @@ def run(
     model: str | Path | None = None,
     checkpoint: str | Path | None = None,
     backend: str = "all",
+    precision: str = "fp32",
     threads: int = DEFAULT_THREADS,
     iterations: int = DEFAULT_ITERATIONS,
     warmup: int = DEFAULT_WARMUP,
@@ -301,11 +340,27 @@ def run(
                 torch.set_num_threads(threads)
                 networks["torch"] = net
 
+    if "tensorrt" in wanted:
+        trt_net, reason, version = tensorrt_network(model_path, precision=precision)
+        if trt_net is None:
+            if backend == "tensorrt":
+                raise InferBenchError(reason)
+            backends["tensorrt"] = {"skipped": reason}
+        else:
+            versions["tensorrt"] = version
+            networks["tensorrt"] = trt_net
+
     try:
-        parity = None
-        if len(networks) == 2:
+        rel = None
+        against_ort: dict[str, dict[str, float]] = {}
+        if "onnxruntime" in networks:
             x = pre(sets[0])
-            parity = _max_rel_diff(networks["onnxruntime"](x), networks["torch"](x))
+            ref = networks["onnxruntime"](x)
+            for name, net in networks.items():
+                if name != "onnxruntime":
+                    against_ort[name] = parity(ref, net(x))
+            if "torch" in against_ort:
+                rel = against_ort["torch"]["max_rel"]
         for name, net in networks.items():
             if progress:
                 progress(f"{name}: {warmup} + {iterations} sets")
@@ -353,7 +408,10 @@ def run(
         "sets": len(sets),
         "complete_sets": sum(1 for s in sets if s.complete),
         "backends": backends,
-        "backend_max_rel_diff": parity,
+        "backend_max_rel_diff": rel,
+        # Each other backend's outputs against ONNX Runtime's on the same set.
+        "parity_vs_onnxruntime": against_ort,
+        "precision": precision,
         "speedup_onnxruntime_vs_torch": speedup,
         "goal": {
             "onnxruntime_network_ms_max": GOAL_ONNXRUNTIME_NETWORK_MS,

@@ -65,12 +65,13 @@ def _build_one(job: tuple[str, str, str, int, float]) -> dict[str, Any]:
 
 def _sim_one(job: tuple[str, int, float, str, str, int, float, bool]) -> dict[str, Any]:
     from edgefuse.sim.generate import generate
-    from edgefuse.sim.rig import SimParams
+    from edgefuse.sim.rig import sim_params_of_pipeline
 
     scenario, seed, duration, out, pipeline, every, skip_s, keep = job
     with tempfile.TemporaryDirectory() as d:
         session = Path(out).with_suffix(".mcap") if keep else Path(d) / "session.mcap"
-        generate(session, SimParams(scenario=scenario, seed=seed), duration_s=duration)
+        params = sim_params_of_pipeline(pipeline, scenario=scenario, seed=seed)
+        generate(session, params, duration_s=duration)
         return _build_one((str(session), out, pipeline, every, skip_s))
 
 
@@ -172,7 +173,6 @@ def _load_predictor(
     from edgefuse.model.evaluate import onnx_predictor, torch_predictor
     from edgefuse.model.network import ModelConfig
     from edgefuse.model.train import label_rules, load_checkpoint
-    from edgefuse.runtime.postprocess import GridSpec
 
     rig = load_calibration(find_calibration(rig_path))
     if model.endswith(".onnx"):
@@ -197,13 +197,7 @@ def _load_predictor(
         cfg = net.cfg
         predictor = torch_predictor(net)
         names = net.input_names()
-    grid = GridSpec(
-        x_min_m=cfg.spec.bev_x_m[0],
-        y_min_m=cfg.spec.bev_y_m[0],
-        cell_m=cfg.grid_cell_m,
-        shape=cfg.grid_shape,
-        class_names=cfg.class_names,
-    )
+    grid = cfg.grid
     return predictor, names, cfg, (grid, label_rules(cfg, rig)), meta
 
 

@@ -30,8 +30,6 @@ from edgefuse.runtime.preprocess import MODALITIES
 
 #: A vehicle is "alone in earshot" when no other car or EV is within this distance (m).
 EARSHOT_M = 20.0
-#: Detections this close to an object nobody can see are not false positives.
-IGNORE_RADIUS_M = 2.0
 
 Predictor = Callable[[Mapping[str, np.ndarray]], tuple[np.ndarray, np.ndarray]]
 
@@ -127,23 +125,8 @@ def score(
     alone: list[np.ndarray] = []
     for det, i in zip(detections, idx, strict=True):
         objs = frames.objects[int(i)]
-        counted, ignored = rules.split(objs)
-        xy = det.box3d[:, :2].astype(np.float64)
-        keep = rules.viewable(xy) if len(det) else np.zeros(0, bool)
-        if ignored.any() and len(det):
-            all_xy = objs.box3d[:, :2]
-            d = np.linalg.norm(xy[:, None] - all_xy[None], axis=2)
-            nearest = d.argmin(axis=1)
-            near_ignored = ignored[nearest] & (d.min(axis=1) < IGNORE_RADIUS_M)
-            keep &= ~near_ignored
-        pairs.append(
-            (
-                FrameDetections(
-                    class_id=det.class_id[keep], score=det.score[keep], center_xy_m=xy[keep]
-                ),
-                FrameTruth(class_id=objs.class_id[counted], center_xy_m=objs.box3d[counted, :2]),
-            )
-        )
+        counted, _ = rules.split(objs)
+        pairs.append(rules.score_pair(det, objs))
         # Alone in earshot: among *all* objects of the world (behind the rig too).
         veh = np.isin(objs.class_id, pair)
         vxy = objs.box3d[veh, :2]

@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 
 from edgefuse.errors import EdgefuseError
-from edgefuse.runtime.postprocess import GridSpec
 from edgefuse.runtime.preprocess import MODALITIES
 
 OPSET = 17
@@ -139,13 +138,7 @@ def export_onnx(
         raise ExportError(
             f"ONNX Runtime differs from PyTorch by {worst:.2e} relative (> {PARITY_RTOL})"
         )
-    grid = GridSpec(
-        x_min_m=cfg.spec.bev_x_m[0],
-        y_min_m=cfg.spec.bev_y_m[0],
-        cell_m=cfg.grid_cell_m,
-        shape=cfg.grid_shape,
-        class_names=cfg.class_names,
-    )
+    grid = cfg.grid
     info = dict(checkpoint_info or {})
     meta: dict[str, Any] = {
         "metadata_version": METADATA_VERSION,

@@ -12,18 +12,59 @@ cell, and at that cell its box (see ``network.BOX_CHANNELS``), for the counted o
 every object on the grid outside the camera's view (the lidar sees all around: three times the
 examples for the geometry, though only the view is scored). A weight map zeroes the loss around
 ignored objects.
+
+Numpy and OpenCV only (no torch): the live scorer (:mod:`edgefuse.model.live`) applies the same
+rule in a pipeline that has no PyTorch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
-from edgefuse.model.network import AUDIO_RINGS_M, ModelConfig
+from edgefuse.calib.model import RigCalibration
+from edgefuse.model.metrics import FrameDetections, FrameTruth
+from edgefuse.runtime.postprocess import Detections, GridSpec
 
 #: Share of the silhouette the camera must see for an object to count.
 MIN_VISIBILITY = 0.05
+#: Distance rings (m) of the audio encoder's auxiliary acoustic-scene target.
+AUDIO_RINGS_M = (10.0, 20.0, 40.0)
+#: Detections this close to an object nobody can see are not false positives.
+IGNORE_RADIUS_M = 2.0
+
+
+def project_grid(
+    rig: RigCalibration, grid: GridSpec, *, z_m: float, camera: str = "camera"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates (cells, 2) of each grid cell's centre raised to height ``z_m`` in
+    ``camera``, and whether it is in front of the camera and inside the image's columns."""
+    cal = rig.sensor(camera)
+    if cal.camera is None:
+        raise ValueError(f"sensor {camera!r} has no intrinsics")
+    cam = cal.camera
+    rows, cols = grid.shape
+    x = grid.x_min_m + (np.arange(rows) + 0.5) * grid.cell_m
+    y = grid.y_min_m + (np.arange(cols) + 0.5) * grid.cell_m
+    gx, gy = np.meshgrid(x, y, indexing="ij")
+    T_cam_base = np.linalg.inv(cal.T)
+    p = np.stack([gx.ravel(), gy.ravel(), np.full(gx.size, z_m)], -1)
+    pc = p @ T_cam_base[:3, :3].T + T_cam_base[:3, 3]
+    front = pc[:, 2] > 0.5
+    xy = pc[:, :2] / np.where(front, pc[:, 2], 1.0)[:, None]
+    xy = np.clip(xy, -1.5, 1.5)  # beyond this the lens polynomial folds back
+    uv, _ = cv2.projectPoints(np.c_[xy, np.ones(len(xy))], np.zeros(3), np.zeros(3), cam.K, cam.D)
+    uv = uv.reshape(-1, 2)
+    inside = front & (uv[:, 0] >= 0) & (uv[:, 0] < cam.width)
+    return uv, inside
+
+
+def camera_view(rig: RigCalibration, grid: GridSpec, *, camera: str = "camera") -> np.ndarray:
+    """(cells,) 1.0 where the cell's bearing (its point 1 m above the ground) is in the image:
+    the camera's horizontal view on the grid, which the network also gets as an input."""
+    return project_grid(rig, grid, z_m=1.0, camera=camera)[1].astype(np.float32)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,17 +82,23 @@ class Objects:
 class LabelRules:
     """The counting rule and target maker for one model configuration and camera view."""
 
-    def __init__(self, cfg: ModelConfig, in_view: np.ndarray) -> None:
+    def __init__(self, grid: GridSpec, in_view: np.ndarray) -> None:
+        #: The head's grid and class names.
+        self.grid = grid
         #: (rows, cols) 1 where the head's cell is in the camera's horizontal view.
-        self.cfg = cfg
-        self.in_view = in_view.reshape(cfg.grid_shape).astype(bool)
+        self.in_view = in_view.reshape(grid.shape).astype(bool)
+
+    @classmethod
+    def for_rig(cls, grid: GridSpec, rig: RigCalibration, *, camera: str = "camera") -> LabelRules:
+        """The rule for ``grid`` and ``rig``'s ``camera``."""
+        return cls(grid, camera_view(rig, grid, camera=camera))
 
     def cells(self, xy_m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Fractional cell coordinates (row, col) of ground points and whether on the grid."""
-        sp, cell = self.cfg.spec, self.cfg.grid_cell_m
-        r = (xy_m[:, 0] - sp.bev_x_m[0]) / cell
-        c = (xy_m[:, 1] - sp.bev_y_m[0]) / cell
-        rows, cols = self.cfg.grid_shape
+        cell = self.grid.cell_m
+        r = (xy_m[:, 0] - self.grid.x_min_m) / cell
+        c = (xy_m[:, 1] - self.grid.y_min_m) / cell
+        rows, cols = self.grid.shape
         on = (r >= 0) & (r < rows) & (c >= 0) & (c < cols)
         return r, c, on
 
@@ -71,8 +118,8 @@ class LabelRules:
 
     def targets(self, objs: Objects) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(heatmap (K, X, Y), boxes (8, X, Y), box mask (X, Y), loss weight (X, Y))."""
-        k = len(self.cfg.class_names)
-        rows, cols = self.cfg.grid_shape
+        k = len(self.grid.class_names)
+        rows, cols = self.grid.shape
         heat = np.zeros((k, rows, cols), np.float32)
         boxes = np.zeros((8, rows, cols), np.float32)
         box_mask = np.zeros((rows, cols), np.float32)
@@ -83,7 +130,7 @@ class LabelRules:
         r, c, on = self.cells(objs.box3d[:, :2])
         out_of_view = on & ~self.viewable(objs.box3d[:, :2])
         ii, jj = np.mgrid[0:rows, 0:cols]
-        cell = self.cfg.grid_cell_m
+        cell = self.grid.cell_m
         for n in np.flatnonzero(ignored):
             d2 = (ii + 0.5 - r[n]) ** 2 + (jj + 0.5 - c[n]) ** 2
             radius = max(1.5, 0.5 * float(objs.box3d[n, 3]) / cell + 1.0)
@@ -110,6 +157,24 @@ class LabelRules:
             box_mask[i, j] = 1.0
             weight[i, j] = 1.0
         return heat, boxes, box_mask, weight
+
+    def score_pair(self, det: Detections, objs: Objects) -> tuple[FrameDetections, FrameTruth]:
+        """One frame as the mAP takes it: the detections in the camera's view, less those
+        whose nearest object within :data:`IGNORE_RADIUS_M` is one nobody can see, and the
+        objects that count."""
+        counted, ignored = self.split(objs)
+        xy = det.box3d[:, :2].astype(np.float64)
+        keep = self.viewable(xy) if len(det) else np.zeros(0, bool)
+        if ignored.any() and len(det):
+            d = np.linalg.norm(xy[:, None] - objs.box3d[None, :, :2], axis=2)
+            nearest = d.argmin(axis=1)
+            keep &= ~(ignored[nearest] & (d.min(axis=1) < IGNORE_RADIUS_M))
+        return (
+            FrameDetections(
+                class_id=det.class_id[keep], score=det.score[keep], center_xy_m=xy[keep]
+            ),
+            FrameTruth(class_id=objs.class_id[counted], center_xy_m=objs.box3d[counted, :2]),
+        )
 
 
 def audio_scene(objs: Objects, classes: int) -> np.ndarray:

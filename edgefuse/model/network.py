@@ -40,20 +40,19 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-import cv2
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from edgefuse.calib.model import RigCalibration
+from edgefuse.model.labels import AUDIO_RINGS_M, project_grid
+from edgefuse.runtime.postprocess import GridSpec
 from edgefuse.runtime.preprocess import MODALITIES, FeatureSpec
 
 FusionKind = Literal["concat", "gated", "attention", "late"]
 FUSIONS: tuple[FusionKind, ...] = ("concat", "gated", "attention", "late")
 #: Channels of the ``boxes`` output.
 BOX_CHANNELS = ("dx", "dy", "z_m", "log_l", "log_w", "log_h", "sin_yaw", "cos_yaw")
-#: Outer edges (m) of the distance rings of the acoustic-scene target (``labels.audio_scene``).
-AUDIO_RINGS_M = (10.0, 20.0, 40.0)
 #: Spacing and width (m) of the range bumps the audio vector is lifted onto the grid with.
 AUDIO_BUMP_M = 5.0
 
@@ -90,6 +89,17 @@ class ModelConfig:
     def grid_cell_m(self) -> float:
         """Cell size of the head's grid (m)."""
         return self.spec.bev_cell_m * 2
+
+    @property
+    def grid(self) -> GridSpec:
+        """The head's grid and class names, as the runtime's decoder takes them."""
+        return GridSpec(
+            x_min_m=self.spec.bev_x_m[0],
+            y_min_m=self.spec.bev_y_m[0],
+            cell_m=self.grid_cell_m,
+            shape=self.grid_shape,
+            class_names=self.class_names,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -143,29 +153,13 @@ def camera_lift_tables(
     ``ipm_index``/``ipm_weight`` (cells, 4): bilinear taps where each cell's ground point
     projects; ``col_index``/``col_weight`` (cells, 2): the feature columns at each cell's bearing
     (its point 1 m above the ground); ``in_view`` (cells,): 1 where the cell is in the image."""
-    cal = rig.sensor(camera)
-    assert cal.camera is not None, "the camera has no intrinsics"
-    cam = cal.camera
+    cam = rig.sensor(camera).camera
+    assert cam is not None, "the camera has no intrinsics"
     fh, fw = feat_hw
-    rows, cols = cfg.grid_shape
-    cell = cfg.grid_cell_m
-    sp = cfg.spec
-    x = sp.bev_x_m[0] + (np.arange(rows) + 0.5) * cell
-    y = sp.bev_y_m[0] + (np.arange(cols) + 0.5) * cell
-    gx, gy = np.meshgrid(x, y, indexing="ij")
-    T_cam_base = np.linalg.inv(cal.T)
+    grid = cfg.grid
 
     def project(z_m: float) -> tuple[np.ndarray, np.ndarray]:
-        p = np.stack([gx.ravel(), gy.ravel(), np.full(gx.size, z_m)], -1)
-        pc = p @ T_cam_base[:3, :3].T + T_cam_base[:3, 3]
-        front = pc[:, 2] > 0.5
-        xy = pc[:, :2] / np.where(front, pc[:, 2], 1.0)[:, None]
-        xy = np.clip(xy, -1.5, 1.5)  # beyond this the lens polynomial folds back
-        uv, _ = cv2.projectPoints(
-            np.c_[xy, np.ones(len(xy))], np.zeros(3), np.zeros(3), cam.K, cam.D
-        )
-        uv = uv.reshape(-1, 2)
-        inside = front & (uv[:, 0] >= 0) & (uv[:, 0] < cam.width)
+        uv, inside = project_grid(rig, grid, z_m=z_m, camera=camera)
         # Feature coordinates: pixel centres of the feature map cover the image evenly.
         fu = (uv[:, 0] + 0.5) * fw / cam.width - 0.5
         fv = (uv[:, 1] + 0.5) * fh / cam.height - 0.5

@@ -28,7 +28,7 @@ from torch import Tensor
 from edgefuse.calib.model import RigCalibration
 from edgefuse.model.dataset import Frames, iter_batches
 from edgefuse.model.labels import LabelRules, audio_scene
-from edgefuse.model.network import FusionNet, ModelConfig, camera_lift_tables
+from edgefuse.model.network import FusionNet, ModelConfig
 from edgefuse.runtime.preprocess import MODALITIES
 
 CHECKPOINT = "checkpoint.pt"
@@ -59,9 +59,7 @@ class TrainConfig:
 
 def label_rules(cfg: ModelConfig, rig: RigCalibration) -> LabelRules:
     """The counting rule for ``cfg``'s grid and ``rig``'s camera."""
-    h, w = cfg.spec.camera_hw
-    t = camera_lift_tables(rig, cfg, feat_hw=(h // 4, w // 4))
-    return LabelRules(cfg, t["in_view"])
+    return LabelRules.for_rig(cfg.grid, rig)
 
 
 def focal_loss(logits: Tensor, target: Tensor, weight: Tensor) -> Tensor:

@@ -143,6 +143,22 @@ class Inference:
         timings = Timings(preprocess_ms=pre_ms, network_ms=net_ms, postprocess_ms=post_ms)
         return dets, self.present(inputs), timings
 
+    def warm_up(self, runs: int = 3) -> float:
+        """Run the network and decoder ``runs`` times on zero inputs of the model's shapes, so
+        the first real set does not pay for lazy allocations, kernel selection or an engine's
+        first launch (trtexec warms up for the same reason); returns the slowest run in ms."""
+        shapes = self.meta["inputs"]
+        zeros = {
+            n: np.zeros(shapes[n]["shape"], np.dtype(shapes[n].get("dtype", "float32")))
+            for n in self.backend.input_names
+        }
+        slowest = 0.0
+        for _ in range(runs):
+            t0 = time.perf_counter_ns()
+            self.run_inputs(zeros)
+            slowest = max(slowest, (time.perf_counter_ns() - t0) / 1e6)
+        return slowest
+
     def close(self) -> None:
         """Release the backend."""
         self.backend.close()

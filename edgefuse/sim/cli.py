@@ -29,6 +29,18 @@ def register(sub: Any) -> None:
         "--sensors", default="camera,depth,lidar,mic,truth", help="comma list of sources"
     )
     gen.add_argument("--rig", default=None, help="rig calibration (default the sim rig)")
+    gen.add_argument(
+        "--pipeline",
+        metavar="PIPELINE.yaml",
+        help="take the shared sim parameters (clocks, rig, lidar cut) from a pipeline file",
+    )
+    gen.add_argument(
+        "--lidar-cut-deg",
+        type=float,
+        default=None,
+        metavar="DEG",
+        help="lidar cut azimuth (params.lidar_cut_azimuth_deg; default 180, behind the rig)",
+    )
     gen.add_argument("--quiet", action="store_true", help="no progress on stderr")
     gen.set_defaults(fn=_cmd_generate)
     sc = actions.add_parser("scenarios", help="list the scenarios")
@@ -44,7 +56,17 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         data["clocks"] = {"ideal": True}
     if args.rig:
         data["rig"] = args.rig
-    params = config.build(SimParams, data)
+    if args.lidar_cut_deg is not None:
+        data["lidar_cut_azimuth_deg"] = args.lidar_cut_deg
+    if args.pipeline:
+        from edgefuse.sim.clocks import ClocksConfig
+        from edgefuse.sim.rig import sim_params_of_pipeline
+
+        if args.ideal_clocks:
+            data["clocks"] = ClocksConfig(ideal=True)
+        params = sim_params_of_pipeline(args.pipeline, **data)
+    else:
+        params = config.build(SimParams, data)
     sensors = tuple(s.strip() for s in args.sensors.split(",") if s.strip())
     t0 = time.perf_counter()
     counts = generate(

@@ -80,12 +80,22 @@ class _SimNode(Node):
         now_s = (time.monotonic_ns() - self.epoch_ns) * 1e-9
         self.k = self.source.first_index(now_s)
         self.skipped = self.k  # samples before a (re)start that are already past
+        self.late_dropped = 0
         self._next: Sample | None = None
         self._prepare()
 
     def _prepare(self) -> None:
-        # Render the next delivered sample now and publish it when the host clock gets there.
+        # Render the next delivered sample now and publish it when the host clock gets there;
+        # one whose delivery is already long past is dropped without rendering it.
+        max_lag_ns = round(self.params.max_lag_s * 1e9)
         while True:
+            delivery = self.source.delivery_s(self.k)
+            if delivery is not None:
+                due_ns = self.epoch_ns + round(delivery * 1e9)
+                if time.monotonic_ns() - due_ns > max_lag_ns:
+                    self.k += 1
+                    self.late_dropped += 1
+                    continue
             s = self.source.sample(self.k)
             self.k += 1
             if s is not None:
@@ -105,6 +115,9 @@ class _SimNode(Node):
             meta=self.meta(s),
         )
         self._prepare()
+
+    def counters(self) -> dict[str, int]:
+        return {"late_dropped": self.late_dropped} if self.late_dropped else {}
 
     def t_ns(self, s: Sample) -> int | None:
         """``t_ns`` of the published message: unknown (the aligner's job) but for truth."""

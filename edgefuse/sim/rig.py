@@ -21,7 +21,7 @@ from edgefuse.errors import ConfigError
 from edgefuse.sim.audio import MAX_DELAY_S, MicRenderer
 from edgefuse.sim.camera import CameraRenderer
 from edgefuse.sim.clocks import SENSOR_IDS, ClocksConfig, SimClock, resolve_clock
-from edgefuse.sim.raycast import DepthRenderer, LidarRenderer
+from edgefuse.sim.raycast import DepthRenderer, LidarModel, LidarRenderer
 from edgefuse.sim.scenarios import Scenario, scenario
 from edgefuse.sim.truth import CLASS_NAMES, TRUTH_ARRAYS, TruthRenderer
 from edgefuse.sim.world import World
@@ -41,6 +41,15 @@ class SimParams:
     rig: str = DEFAULT_RIG
     #: World time 0 is this long after the run starts, so every process is up and subscribed.
     start_delay_s: float = 2.0
+    #: Where the lidar's sweeps start and end (degrees from x towards y, like a Velodyne
+    #: driver's cut angle); the lidar spins clockwise seen from above. 180: behind the rig, so
+    #: the front is scanned mid-sweep; just right of the camera's view (-35 for the sim rig)
+    #: puts the front at the end of the sweep, so it is delivered soonest after it is scanned.
+    lidar_cut_azimuth_deg: float = 180.0
+    #: Live, a sample due on the host more than this long ago is dropped unrendered and
+    #: counted (``late_dropped``): a host that falls behind loses frames, as a real sensor's
+    #: would, instead of catching up with a burst that keeps everything downstream behind.
+    max_lag_s: float = 0.25
 
     def __post_init__(self) -> None:
         try:
@@ -52,6 +61,29 @@ class SimParams:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
         if not 0 <= self.start_delay_s <= 60:
             raise ValueError(f"start_delay_s must be in 0..60, got {self.start_delay_s}")
+        if self.max_lag_s <= 0:
+            raise ValueError(f"max_lag_s must be > 0, got {self.max_lag_s}")
+        if not -360 <= self.lidar_cut_azimuth_deg <= 360:
+            raise ValueError(
+                f"lidar_cut_azimuth_deg must be in -360..360, got {self.lidar_cut_azimuth_deg}"
+            )
+
+
+def sim_params_of_pipeline(path: str | Path, **overrides: Any) -> SimParams:
+    """The simulated rig's shared parameters as the pipeline file at ``path`` sets them (its
+    first simulated sensor's), with ``overrides`` (``scenario=``, ``seed=``) on top: so that
+    sessions simulated offline (training data, evaluation) are rendered as the live pipeline
+    renders (the lidar's cut angle, the clocks, the rig)."""
+    from dataclasses import fields
+
+    from edgefuse.pipeline import load_pipeline
+
+    base: dict[str, Any] = {}
+    for node in load_pipeline(path).nodes.values():
+        if isinstance(node.params, SimParams):
+            base = {f.name: getattr(node.params, f.name) for f in fields(SimParams)}
+            break
+    return SimParams(**{**base, **overrides})
 
 
 def resolve_rig_path(path: str) -> Path:
@@ -194,7 +226,11 @@ class LidarSource(Source):
 
     def __init__(self, params: SimParams, *, rate_hz: float, rig: RigCalibration) -> None:
         super().__init__(params, rate_hz=rate_hz, rig=rig)
-        self.renderer = LidarRenderer(self.cal, seed=params.seed)
+        self.renderer = LidarRenderer(
+            self.cal,
+            seed=params.seed,
+            model=LidarModel(cut_azimuth_deg=params.lidar_cut_azimuth_deg),
+        )
 
     def min_delay_ms(self) -> float:
         # A sweep is stamped at its start and published once complete.
@@ -214,6 +250,7 @@ class LidarSource(Source):
             "beams": self.renderer.beams,
             "azimuth_steps": self.renderer.steps,
             "sweep_s": self.period_s,
+            "cut_azimuth_deg": self.renderer.model.cut_azimuth_deg,
         }
         return [pts, ring], meta
 

@@ -39,6 +39,7 @@ from edgefuse.sync.policies import (
     Nearest,
     StreamPolicy,
     Sweep,
+    SweepSelect,
     Window,
     whole,
 )
@@ -71,8 +72,23 @@ class StreamConfig:
     window_ms: float = 1000.0
     #: ``window``: the least fraction of the window's samples for the stream to count present.
     min_fraction: float = 0.5
-    #: ``sweep``: how many sweeps, ending with the one covering the set time.
+    #: ``sweep``: how many sweeps, ending with the chosen one.
     sweeps: int = 1
+    #: ``sweep``: ``covering`` (the sweep spanning the set time: the set waits until it is
+    #: delivered, up to a sweep period), ``completed`` (the newest sweep finished by the set
+    #: time: no wait, the points half a period older on average) or ``sector`` (the sweep that
+    #: looked towards ``sector_azimuth_deg`` nearest the set time, at most ``max_ahead_ms``
+    #: after it; see :class:`~edgefuse.sync.policies.Sweep`).
+    select: SweepSelect = "covering"
+    #: ``sweep`` with ``select: sector``: the direction that matters, degrees in the lidar
+    #: frame (from x towards y; 0 = forward).
+    sector_azimuth_deg: float = 0.0
+    #: ``sweep`` with ``select: sector``: how long after the set time the lidar may look there.
+    max_ahead_ms: float = 50.0
+    #: The longest this stream may hold a set (ms after the set time); at that deadline it
+    #: joins with what it has. None: the aligner's ``max_wait``. A dropped depth frame or lidar
+    #: sweep then costs this stream's wait, not the whole set's.
+    max_wait_ms: float | None = None
     #: False: the stream never holds a set back (it joins when it happens to be there).
     required: bool = True
     #: Clock-model estimation window (s).
@@ -87,6 +103,10 @@ class StreamConfig:
             raise ValueError(f"min_fraction must be in (0, 1], got {self.min_fraction}")
         if self.sweeps < 1:
             raise ValueError(f"sweeps must be >= 1, got {self.sweeps}")
+        if self.max_ahead_ms < 0:
+            raise ValueError(f"max_ahead_ms must be >= 0, got {self.max_ahead_ms}")
+        if self.max_wait_ms is not None and self.max_wait_ms <= 0:
+            raise ValueError(f"max_wait_ms must be > 0, got {self.max_wait_ms}")
 
     def clock_config(self) -> ClockModelConfig:
         """The clock model this stream needs."""
@@ -108,7 +128,14 @@ class StreamConfig:
             return Window(
                 stream, window_ns=round(self.window_ms * 1e6), min_fraction=self.min_fraction
             )
-        return Sweep(stream, tolerance_ns=tol, sweeps=self.sweeps)
+        return Sweep(
+            stream,
+            tolerance_ns=tol,
+            sweeps=self.sweeps,
+            select=self.select,
+            sector_azimuth_deg=self.sector_azimuth_deg,
+            max_ahead_ns=round(self.max_ahead_ms * 1e6),
+        )
 
 
 @dataclass(slots=True)
@@ -118,6 +145,8 @@ class _Stream:
     policy: StreamPolicy | None  # None for the reference
     clock: ClockModel | None  # None for clock "given"
     offset_ns: int
+    #: This stream's own limit on how long it holds a set (ns after the set time), if any.
+    max_wait_ns: int | None = None
     #: Newest arrival seen (host ns), None before the first message.
     watermark_host_ns: int | None = None
     messages: int = 0
@@ -132,6 +161,12 @@ class _Pending:
     members: dict[str, Member] = field(default_factory=dict)
     #: Streams found missing because the deadline passed before they settled.
     timed_out: set[str] = field(default_factory=set)
+
+    def deadline_of(self, st: _Stream) -> int:
+        """The deadline for ``st``: the set's, or the stream's own when that is sooner."""
+        if st.max_wait_ns is None:
+            return self.deadline_ns
+        return min(self.deadline_ns, self.item.t_ns + st.max_wait_ns)
 
 
 class Aligner:
@@ -165,6 +200,7 @@ class Aligner:
                 policy=None if name == reference else cfg.make_policy(name),
                 clock=None if cfg.clock == "given" else ClockModel(cfg.clock_config()),
                 offset_ns=int(offsets.get(cfg.sensor or name, 0)),
+                max_wait_ns=None if cfg.max_wait_ms is None else round(cfg.max_wait_ms * 1e6),
             )
         self._pending: deque[_Pending] = deque()
         #: Newest arrival on any stream: the event-time "now".
@@ -228,8 +264,19 @@ class Aligner:
         return out
 
     def next_deadline_ns(self) -> int | None:
-        """The deadline of the oldest pending set (when :meth:`advance` has work to do)."""
-        return self._pending[0].deadline_ns if self._pending else None
+        """The soonest deadline of the oldest pending set (when :meth:`advance` has work to
+        do): the set's own, or that of a stream it still waits for with a shorter one."""
+        if not self._pending:
+            return None
+        p = self._pending[0]
+        return min(
+            (
+                p.deadline_of(st)
+                for name, st in self.streams.items()
+                if st.policy is not None and name not in p.members
+            ),
+            default=p.deadline_ns,
+        )
 
     @property
     def pending(self) -> int:
@@ -294,30 +341,24 @@ class Aligner:
         self._blocked = None
         while self._pending:
             p = self._pending[0]
-            past_deadline = flush or (
-                final_until_ns is not None and final_until_ns >= p.deadline_ns
-            )
             complete = True
             for name, st in self.streams.items():
                 if st.policy is None or name in p.members:
                     continue
                 # The deadline decides for this stream when it has passed on the clock or the
                 # stream has already delivered something that arrived after it.
-                by_deadline = past_deadline or (
-                    st.watermark_host_ns is not None and st.watermark_host_ns > p.deadline_ns
+                dl = p.deadline_of(st)
+                by_deadline = (
+                    flush
+                    or (final_until_ns is not None and final_until_ns >= dl)
+                    or (st.watermark_host_ns is not None and st.watermark_host_ns > dl)
                 )
-                m = st.policy.resolve(
-                    p.item.t_ns, p.deadline_ns, final=by_deadline or self._idle(st)
-                )
+                m = st.policy.resolve(p.item.t_ns, dl, final=by_deadline or self._idle(st))
                 if m is None:
                     complete = False
                     self._blocked = name
                     break
-                if (
-                    by_deadline
-                    and not m.present
-                    and not st.policy.settled(p.item.t_ns, p.deadline_ns)
-                ):
+                if by_deadline and not m.present and not st.policy.settled(p.item.t_ns, dl):
                     p.timed_out.add(name)
                 p.members[name] = m
             if not complete:
@@ -340,7 +381,7 @@ class Aligner:
         # deadline if it timed out, else until its latest member arrived.
         timed_out = bool(p.timed_out)
         if timed_out:
-            decided = p.deadline_ns
+            decided = max(p.deadline_of(self.streams[n]) for n in p.timed_out)
         else:
             decided = max(
                 (src.header.t_host_ns for m in members.values() for src in m.sources),
@@ -368,5 +409,5 @@ class Aligner:
         if s.timed_out:
             self.counters["timed_out"] += 1
         for name in absent:
-            self._absent[name].append((t, p.deadline_ns))
+            self._absent[name].append((t, p.deadline_of(self.streams[name])))
         return s

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -134,11 +134,35 @@ class _Buffered:
 
 
 class Nearest(_Buffered):
-    """The message closest to the set time within ``tolerance_ns`` (ties: the earlier)."""
+    """The message closest to the set time within ``tolerance_ns`` (ties: the earlier).
+
+    Settled once a message at or after the set time is in, or earlier when the newest message
+    is so close before it that the next one could not be nearer: frames come no closer
+    together than the smallest spacing of the recent ones, so a frame 5 ms before the set
+    time of a 30 Hz stream is the answer without waiting 28 ms for the one after (the same
+    answer, without the wait)."""
+
+    #: Recent spacings kept to bound how soon the next message can come.
+    _GAPS = 16
 
     def __init__(self, stream: str, *, tolerance_ns: int, max_items: int = 1024) -> None:
         super().__init__(stream, max_items=max_items)
         self.tolerance_ns = tolerance_ns
+        self._gaps_ns: deque[int] = deque(maxlen=self._GAPS)
+
+    def add(self, item: Item) -> None:
+        if self.items:
+            self._gaps_ns.append(item.t_ns - self.items[-1].t_ns)
+        super().add(item)
+
+    def settled(self, t_ns: int, deadline_ns: int | None = None) -> bool:
+        if super().settled(t_ns, deadline_ns):
+            return True
+        if deadline_ns is not None or len(self._gaps_ns) < self._GAPS // 2:
+            return False
+        # A spacing <= 0 (a clock reset, a repeated stamp) makes this never true: then wait.
+        newest = self.items[-1].t_ns
+        return t_ns - newest <= newest + min(self._gaps_ns) - t_ns
 
     def reach_ns(self) -> int:
         return self.tolerance_ns
@@ -445,19 +469,57 @@ class Window(_Buffered):
         return Member(self.stream, True, [out], info, "", [anchor.item.msg])
 
 
+SweepSelect = Literal["covering", "completed", "sector"]
+
+
 class Sweep(_Buffered):
-    """Lidar: the sweep whose span ``[start, start + duration)`` covers the set time, plus the
-    ``sweeps - 1`` before it; the nearest within ``tolerance_ns`` when none covers it (a dropped
-    sweep). Arrays are passed on untouched; per sweep the member lists its ``t_ns`` (start, host
-    timeline) and ``slope``, so a point's time is ``t_ns + t_offset_s · 1e9 · slope``."""
+    """Lidar: which sweep joins a set at time ``t``, with ``select``:
+
+    - ``covering``: the sweep whose span ``[start, start + duration)`` covers ``t`` (the nearest
+      within ``tolerance_ns`` when none covers it: a dropped sweep). The set waits until that
+      sweep has been completed and delivered: up to a sweep period of latency.
+    - ``completed``: the newest sweep completed by ``t`` (``start + duration <= t``), at most a
+      period plus ``tolerance_ns`` old. It is known as soon as the sweep after it could not
+      have been completed by ``t``, so the set does not wait for the lidar; the points are on
+      average half a period older.
+    - ``sector``: the sweep that looked towards ``sector_azimuth_deg`` (the lidar frame; the
+      camera's direction) nearest to ``t``, among those that looked there at most
+      ``max_ahead_ns`` after ``t``. What the camera sees is then as fresh as with ``covering``
+      (when the lidar looked at the front from the middle of its sweep), and with the sweep cut
+      just after the front (the lidar driver's cut angle) it is delivered soon after it is
+      scanned: the set waits at most ``max_ahead_ns`` plus the rest of the sweep.
+
+    Either way ``sweeps - 1`` sweeps before the chosen one come with it. Arrays are passed on
+    untouched; per sweep the member lists its ``t_ns`` (start, host timeline) and ``slope``, so a
+    point's time is ``t_ns + t_offset_s · 1e9 · slope``."""
+
+    #: Half-width (degrees) of the sector whose points time it.
+    SECTOR_HALF_DEG = 10.0
 
     def __init__(
-        self, stream: str, *, tolerance_ns: int, sweeps: int = 1, max_items: int = 256
+        self,
+        stream: str,
+        *,
+        tolerance_ns: int,
+        sweeps: int = 1,
+        select: SweepSelect = "covering",
+        sector_azimuth_deg: float = 0.0,
+        max_ahead_ns: int = 50_000_000,
+        max_items: int = 256,
     ) -> None:
         super().__init__(stream, max_items=max_items)
+        if select not in ("covering", "completed", "sector"):
+            raise ValueError(f"select must be 'covering', 'completed' or 'sector', got {select!r}")
+        if max_ahead_ns < 0:
+            raise ValueError(f"max_ahead must be >= 0, got {max_ahead_ns / 1e6:g} ms")
         self.tolerance_ns = tolerance_ns
         self.sweeps = sweeps
+        self.select = select
+        self.sector_azimuth_deg = sector_azimuth_deg
+        self.max_ahead_ns = max_ahead_ns
         self._last_duration_ns = 100_000_000
+        #: (seq, arrival) -> when the sweep looked at the sector (host ns), for ``sector``.
+        self._sector_ns: dict[tuple[int, int], int] = {}
 
     def duration_ns(self, item: Item) -> int:
         """The span of a sweep on the host timeline."""
@@ -466,40 +528,102 @@ class Sweep(_Buffered):
             return self._last_duration_ns
         return round(float(sweep_s) * 1e9 * item.slope)
 
+    def sector_ns(self, item: Item) -> int:
+        """When the sweep looked towards the sector (host timeline): the median time of its
+        points within :data:`SECTOR_HALF_DEG` of it; mid-sweep when it has none there."""
+        key = (item.msg.header.seq, item.t_host_ns)
+        got = self._sector_ns.get(key)
+        if got is not None:
+            return got
+        d = self.duration_ns(item)
+        t = item.t_ns + d // 2
+        pts = item.msg.arrays[0] if item.msg.arrays else None
+        if pts is not None and pts.ndim == 2 and pts.shape[1] >= 5 and len(pts):
+            az = np.degrees(np.arctan2(pts[:, 1], pts[:, 0])) - self.sector_azimuth_deg
+            near = np.abs((az + 180.0) % 360.0 - 180.0) < self.SECTOR_HALF_DEG
+            if near.any():
+                off_s = float(np.median(pts[near, 4]))
+                t = item.t_ns + round(off_s * 1e9 * item.slope)
+        self._sector_ns[key] = t
+        return t
+
     def add(self, item: Item) -> None:
         super().add(item)
         self._last_duration_ns = self.duration_ns(item)
+        if self.select == "sector":
+            self.sector_ns(item)
+            if len(self._sector_ns) > 2 * self.max_items:
+                live = {(it.msg.header.seq, it.t_host_ns) for it in self.items}
+                self._sector_ns = {k: v for k, v in self._sector_ns.items() if k in live}
 
     def reach_ns(self) -> int:
-        return self.sweeps * self._last_duration_ns + self.tolerance_ns
+        extra = self._last_duration_ns if self.select != "covering" else 0
+        return self.sweeps * self._last_duration_ns + self.tolerance_ns + extra
+
+    def _ends_after(self, it: Item, t_ns: int) -> bool:
+        # Whether nothing after ``it`` can be a better answer for ``t_ns``.
+        d = self.duration_ns(it)
+        if self.select == "covering":  # this sweep (or a later one) ends after t
+            return it.t_ns + d > t_ns
+        if self.select == "completed":  # the sweep after this one cannot end by t
+            return it.t_ns + 2 * d > t_ns
+        tau = self.sector_ns(it)
+        nxt = tau + d  # when the next sweep looks at the sector
+        return tau >= t_ns or nxt > t_ns + self.max_ahead_ns or nxt - t_ns >= t_ns - tau
 
     def settled(self, t_ns: int, deadline_ns: int | None = None) -> bool:
         if deadline_ns is None:  # sweeps come in order: the newest ends last
-            return bool(self.items) and self.items[-1].t_ns + self._last_duration_ns > t_ns
-        return any(
-            it.t_ns + self.duration_ns(it) > t_ns
-            for it in self.items
-            if it.t_host_ns <= deadline_ns
-        )
+            return bool(self.items) and self._ends_after(self.items[-1], t_ns)
+        return any(self._ends_after(it, t_ns) for it in self.items if it.t_host_ns <= deadline_ns)
 
-    def resolve(self, t_ns: int, deadline_ns: int, *, final: bool) -> Member | None:
-        if not (final or self.settled(t_ns)):
-            return None
-        usable = [it for it in self.items if it.t_host_ns <= deadline_ns]
+    def _choose(self, usable: list[Item], t_ns: int) -> int | None:
         chosen: int | None = None
+        if self.select == "completed":
+            best_end = None
+            for i, it in enumerate(usable):
+                d = self.duration_ns(it)
+                end = it.t_ns + d
+                recent = end <= t_ns and t_ns - end <= d + self.tolerance_ns
+                if recent and (best_end is None or end >= best_end):
+                    chosen, best_end = i, end
+            return chosen
+        if self.select == "sector":
+            best = None
+            for i, it in enumerate(usable):
+                tau = self.sector_ns(it)
+                dist = abs(tau - t_ns)
+                ok = tau - t_ns <= self.max_ahead_ns and dist <= self.duration_ns(it) + (
+                    self.tolerance_ns
+                )
+                if ok and (best is None or dist < best):  # ties: the earlier
+                    chosen, best = i, dist
+            return chosen
         best_dist = self.tolerance_ns + 1
         for i, it in enumerate(usable):
             start, end = it.t_ns, it.t_ns + self.duration_ns(it)
             dist = 0 if start <= t_ns < end else min(abs(t_ns - start), abs(t_ns - end))
             if dist < best_dist or (dist == 0 and best_dist == 0):
                 chosen, best_dist = i, dist  # a later covering sweep wins (the newer data)
+        return chosen
+
+    def resolve(self, t_ns: int, deadline_ns: int, *, final: bool) -> Member | None:
+        if not (final or self.settled(t_ns)):
+            return None
+        usable = [it for it in self.items if it.t_host_ns <= deadline_ns]
+        chosen = self._choose(usable, t_ns)
         if chosen is None:
+            if self.select == "completed":
+                return missing(self.stream, "no sweep completed in the last period")
+            if self.select == "sector":
+                return missing(self.stream, "no sweep looked at the sector in the last period")
             return missing(self.stream, f"no sweep within {self.tolerance_ns / 1e6:g} ms")
         picked = usable[max(0, chosen - self.sweeps + 1) : chosen + 1]
         main = usable[chosen]
         info = describe(main, t_ns)
         info["duration_ns"] = self.duration_ns(main)
         info["slope"] = main.slope
+        if self.select == "sector":
+            info["sector_t_ns"] = self.sector_ns(main)
         arrays: list[np.ndarray] = []
         sweeps = []
         for it in picked:

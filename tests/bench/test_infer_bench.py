@@ -50,13 +50,21 @@ def test_infer_json_both_backends(
     assert doc["checkpoint"] == str(tiny_model.with_suffix(".pt"))  # found beside the graph
     assert len(doc["onnx_sha256"]) == 64 and doc["threads"] == 2
     assert doc["sets"] > 80  # 3 s of camera frames at 30 Hz, one set each
-    assert set(doc["backends"]) == {"onnxruntime", "torch"}
-    for name, b in doc["backends"].items():
+    measured = {n for n, b in doc["backends"].items() if "skipped" not in b}
+    assert {"onnxruntime", "torch"} <= measured
+    from edgefuse.runtime.backends._tensorrt import tensorrt_usable
+
+    if not tensorrt_usable():  # reported, with the reason, not left out silently
+        assert "TensorRT cannot run here" in doc["backends"]["tensorrt"]["skipped"]
+    for name in measured:
+        b = doc["backends"][name]
         assert set(b) == {f"{s}_ms" for s in infer.STAGES}, name
         for stage, d in b.items():
             assert 0 < d["median"] <= d["p90"] <= d["p99"], (name, stage, d)
     # The two backends run the same network.
     assert doc["backend_max_rel_diff"] < 1e-3
+    p = doc["parity_vs_onnxruntime"]["torch"]
+    assert p["max_rel"] == doc["backend_max_rel_diff"] and p["cosine"] > 0.9999
     ort = doc["backends"]["onnxruntime"]["network_ms"]["median"]
     eager = doc["backends"]["torch"]["network_ms"]["median"]
     assert doc["speedup_onnxruntime_vs_torch"] == pytest.approx(eager / ort, rel=1e-3)
@@ -101,3 +109,13 @@ def test_torch_backend_needs_a_checkpoint(
     model.write_bytes(b"")  # checked before the graph is read
     assert main(["infer", "--backend", "torch", "--model", str(model)]) == 2
     assert str(model.with_suffix(".pt")) in capsys.readouterr().err
+
+
+def test_tensorrt_backend_says_why_it_cannot_run(capsys: pytest.CaptureFixture[str]) -> None:
+    from edgefuse.runtime.backends._tensorrt import tensorrt_usable
+
+    if tensorrt_usable():
+        pytest.skip("TensorRT runs here: measured by the gpu-marked tests")
+    assert main(["infer", "--backend", "tensorrt", "--json", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "TensorRT cannot run here" in err

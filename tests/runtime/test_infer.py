@@ -203,6 +203,10 @@ nodes:
     type: tests.nodes:DetectionProbe
     params: {{path: {probe}}}
     inputs: {{objects: detect/objects}}
+  sim: {{type: sim_truth}}
+  score:
+    type: live_map
+    inputs: {{detections: detect/objects, truth: sim/truth}}
 """
 
 
@@ -228,6 +232,10 @@ def test_infer_node_live_on_the_simulated_rig(tmp_path: Path) -> None:
         lat = d["latency_ms"]
         assert set(lat) == {"preprocess", "network", "postprocess", "queue", "capture_to_publish"}
         assert lat["capture_to_publish"] > lat["network"] > 0
+    # The running mAP against sim/truth: the static scene is found.
+    score = rep["nodes"]["score"]["counters"]
+    assert score["frames"] >= 20 and score["unmatched"] <= 2, score
+    assert score["map"] > 50, score
     settled = [d for d in lines[-20:] if all(d["modalities"].values())]
     assert settled
     for d in settled:
@@ -255,3 +263,19 @@ def test_echo_json_lines_decode_detections() -> None:
     assert line["topic"] == "detect/objects" and line["t_ns"] == 123
     assert [o["class"] for o in line["objects"]] == ["cyclist"]
     assert line["latency_ms"] == {"network": 1.0}
+
+
+def test_latency_histogram_percentiles_over_a_whole_run() -> None:
+    from edgefuse.runtime.node import LatencyHistogram
+
+    h = LatencyHistogram()
+    assert np.isnan(h.percentile(50))
+    for ms in np.linspace(0.0, 99.9, 1000):
+        h.add(float(ms))
+    h.add(float("nan"))
+    h.add(-1.0)
+    h.add(5000.0)  # beyond the range: counted in the last bin
+    assert h.n == 1001
+    assert 49.5 <= h.percentile(50) <= 50.5
+    assert 98.5 <= h.percentile(99) <= 99.5
+    assert h.percentile(100) == 2000.25

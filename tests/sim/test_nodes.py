@@ -102,3 +102,29 @@ def test_missing_rig_or_sensor_is_a_configuration_error(tmp_path: Path) -> None:
     Launcher(load_pipeline(path), duration_s=3.0, report_path=report, status="off").run()
     node = json.loads(report.read_text())["nodes"]["lidar"]
     assert node["restarts"] == 0 and node["state"] != "running", node
+
+
+def test_a_node_that_falls_behind_drops_late_samples_instead_of_bursting() -> None:
+    """A sim sensor stalled for 2 s (the host too busy) skips the samples whose delivery is more
+    than ``max_lag_s`` past, unrendered and counted, and goes on with one that is nearly due."""
+    import time
+
+    from edgefuse.node import NodeRunner, NodeSpec
+    from edgefuse.sim.nodes import CameraParams, SimCameraNode
+
+    params = CameraParams(scenario="static", seed=1, start_delay_s=0.0, max_lag_s=0.25)
+    spec = NodeSpec(name="camera", type="sim_camera", params={}, endpoint="")
+    runner = NodeRunner(SimCameraNode, params, spec)
+    node = runner.node
+    assert isinstance(node, SimCameraNode)
+    node.setup()
+    assert node.counters() == {}
+    first_k = node.k
+    node.epoch_ns -= 2_000_000_000  # as if the node had been stalled for 2 s
+    node._prepare()
+    late = node.counters()["late_dropped"]
+    assert 50 <= late <= 62  # 2 s at 30 Hz, less the quarter second still allowed
+    due_ns = runner._oneshots[-1][0]
+    assert time.monotonic_ns() - due_ns <= 250_000_000
+    assert node.k - first_k >= late + 1
+    runner.ctx.term()

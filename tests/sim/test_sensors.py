@@ -161,6 +161,26 @@ def test_night_hides_what_is_beyond_the_lamp(rig: RigCalibration, world: World) 
             assert lo <= contrast <= hi, (lighting, i, contrast)
 
 
+def test_lidar_cut_angle_moves_the_front_to_the_end_of_the_sweep(rig: RigCalibration) -> None:
+    from edgefuse.sim.rig import LidarSource, SimParams
+
+    params = SimParams(scenario="static", seed=4, lidar_cut_azimuth_deg=-35.0)
+    source = LidarSource(params, rate_hz=10.0, rig=rig)
+    s = source.sample(30)
+    assert s is not None and s.meta["cut_azimuth_deg"] == -35.0
+    pts = s.arrays[0]
+    az = np.degrees(np.arctan2(pts[:, 1], pts[:, 0]))
+    sweep_s = float(pts[:, 4].max())
+    # Clockwise from -35 deg: straight ahead 325 deg later (the camera's view, +-32 deg, is
+    # the end of the sweep); beyond the cut, right of the view, the very start.
+    ahead = np.abs(az) < 5
+    assert np.median(pts[ahead, 4]) == pytest.approx(0.1 * 325 / 360, abs=0.003)
+    just_right = (az < -36) & (az > -45)
+    assert np.median(pts[just_right, 4]) < 0.01 and sweep_s < 0.1
+    with pytest.raises(ValueError, match="lidar_cut_azimuth_deg"):
+        SimParams(lidar_cut_azimuth_deg=400.0)
+
+
 def test_lidar_sweep_times_and_moving_objects(rig: RigCalibration) -> None:
     lidar = LidarRenderer(rig.sensor("lidar"), seed=1)
     w = World(scenario("day"), seed=2)

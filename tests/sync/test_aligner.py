@@ -77,6 +77,25 @@ def test_nearest_picks_the_closest_within_tolerance_and_ties_go_to_the_earlier()
     assert sets[2].missing == ["depth"] and sets[2].mask == {"camera": True, "depth": False}
 
 
+def test_nearest_settles_without_waiting_when_the_next_frame_cannot_be_nearer() -> None:
+    a = Aligner(
+        {"camera": host(), "depth": host(policy="nearest", tolerance_ms=20)},
+        reference="camera",
+        max_wait_ns=S,
+    )
+    # Depth every 33 ms up to 1.327 s (ten spacings known).
+    for i in range(11):
+        assert a.push("depth", msg("depth", i, S - 3 * MS + i * 33 * MS)) == []
+    # A camera frame 5 ms after the newest depth: the next depth (1.360 s) is 28 ms away, so
+    # the newest is the answer now.
+    out = a.push("camera", msg("camera", 0, S + 332 * MS))
+    assert len(out) == 1 and out[0].members["depth"].info["seq"] == 10
+    # 20 ms after it: the next depth may be nearer (13 ms): the set waits for it.
+    assert a.push("camera", msg("camera", 1, S + 347 * MS)) == []
+    out = a.push("depth", msg("depth", 11, S + 360 * MS))
+    assert len(out) == 1 and out[0].members["depth"].info["seq"] == 11
+
+
 def test_a_set_is_emitted_as_soon_as_it_is_settled_not_at_the_deadline() -> None:
     a = Aligner(
         {"camera": host(), "depth": host(policy="nearest", tolerance_ms=10)},
@@ -218,6 +237,151 @@ def test_sweep_covering_the_set_time_with_its_per_point_timing() -> None:
         sw = m.info["sweeps"]
         assert len(sw) == 2 and sw[1]["t_ns"] == start and sw[0]["t_ns"] == start - 100 * MS
         assert len(m.arrays) == 4 and m.arrays[2].shape == (4, 5)
+
+
+def test_sweep_completed_takes_the_newest_finished_sweep_without_waiting() -> None:
+    a = Aligner(
+        {
+            "camera": host(),
+            "lidar": host(policy="sweep", latency_ms=100, select="completed"),
+        },
+        reference="camera",
+        max_wait_ns=200 * MS,
+    )
+    # Sweeps start at 0.95, 1.05, ... s and arrive as they end; cameras from 1.15 s.
+    feed = camera(9, period_ns=33 * MS, t0_ns=S + 150 * MS) + sweeps(6)
+    feed.sort(key=lambda f: f[1].header.t_host_ns)
+    emitted_at: dict[int, int] = {}
+    sets: list[AlignedSet] = []
+    for stream, m in feed:
+        for s in a.push(stream, m):
+            emitted_at[s.t_ns] = m.header.t_host_ns
+            sets.append(s)
+    sets += a.flush()
+    assert len(sets) == 9
+    for s in sets:
+        m = s.members["lidar"]
+        assert m.present
+        end = m.info["t_ns"] + m.info["duration_ns"]
+        # The newest sweep finished by t: it ended at most one period before t.
+        assert end <= s.t_ns < end + 100 * MS
+        # Out on the camera frame's own arrival: the lidar held nothing back.
+        assert emitted_at[s.t_ns] == s.t_ns
+
+
+def test_sweep_completed_waits_for_a_sweep_that_must_have_finished() -> None:
+    a = Aligner(
+        {
+            "camera": host(),
+            "lidar": host(policy="sweep", latency_ms=100, select="completed"),
+        },
+        reference="camera",
+        max_wait_ns=200 * MS,
+    )
+    # Sweep [0.95, 1.05) s is in; the camera at 1.20 s is processed before sweep [1.05, 1.15)
+    # s (which ended before it, so must be the answer): the older sweep cannot settle it.
+    out = a.push("lidar", sweeps(1)[0][1])
+    out += a.push("camera", msg("camera", 0, S + 200 * MS))
+    assert out == []
+    late = msg("lidar", 1, S + 150 * MS, [np.zeros((4, 5), np.float32)], sweep_s=0.1)
+    out = a.push("lidar", late)
+    assert len(out) == 1 and out[0].members["lidar"].info["t_ns"] == S + 50 * MS
+    with pytest.raises(ValueError, match="select"):
+        Aligner(
+            {"camera": host(), "lidar": host(policy="sweep", select="newest")},  # type: ignore[arg-type]
+            reference="camera",
+            max_wait_ns=S,
+        ).push("camera", msg("camera", 0, S))
+
+
+def sector_sweeps(n: int, *, look_s: float, t0_ns: int = S) -> list[tuple[str, Message]]:
+    """Sweeps starting every 100 ms, delivered when complete, whose points straight ahead
+    were taken ``look_s`` into the sweep (the points behind at its start)."""
+    out = []
+    for k in range(n):
+        pts = np.zeros((4, 5), np.float32)
+        pts[:2, 0], pts[:2, 4] = 10.0, look_s  # ahead (azimuth 0)
+        pts[2:, 0], pts[2:, 4] = -10.0, 0.0  # behind
+        ring = np.zeros(4, np.uint8)
+        start = t0_ns + k * 100 * MS
+        out.append(("lidar", msg("lidar", k, start + 100 * MS, [pts, ring], sweep_s=0.1)))
+    return out
+
+
+@pytest.mark.parametrize("max_ahead_ms", [50.0, 20.0])
+def test_sweep_sector_takes_the_sweep_that_looked_ahead_nearest_the_set_time(
+    max_ahead_ms: float,
+) -> None:
+    a = Aligner(
+        {
+            "camera": host(),
+            "lidar": host(
+                policy="sweep", latency_ms=100, select="sector", max_ahead_ms=max_ahead_ms
+            ),
+        },
+        reference="camera",
+        max_wait_ns=200 * MS,
+    )
+    # The front is scanned 90 ms into each sweep: at 1.09, 1.19, ... s.
+    feed = camera(12, period_ns=33 * MS, t0_ns=S + 150 * MS) + sector_sweeps(6, look_s=0.09)
+    feed.sort(key=lambda f: f[1].header.t_host_ns)
+    emitted_at: dict[int, int] = {}
+    sets: list[AlignedSet] = []
+    for stream, m in feed:
+        for s in a.push(stream, m):
+            emitted_at[s.t_ns] = m.header.t_host_ns
+            sets.append(s)
+    sets += a.flush()
+    assert len(sets) == 12
+    ahead_ns = round(max_ahead_ms * MS)
+    for s in sets:
+        m = s.members["lidar"]
+        assert m.present
+        tau = m.info["sector_t_ns"]
+        assert abs(tau - (m.info["t_ns"] + 90 * MS)) < 1000  # float32 offsets: ns rounding
+        # The nearest look at the front that is at most max_ahead after t.
+        looks = [S + 90 * MS + k * 100 * MS for k in range(6)]
+        allowed = [x for x in looks if x - s.t_ns <= ahead_ns]
+        assert m.info["t_ns"] == min(allowed, key=lambda x: (abs(x - s.t_ns), x)) - 90 * MS
+        # Waited at most for that sweep's delivery (10 ms after its look at the front).
+        assert emitted_at[s.t_ns] <= max(s.t_ns, tau + 10 * MS)
+
+
+def test_a_stream_with_its_own_max_wait_holds_a_set_no_longer_than_that() -> None:
+    a = Aligner(
+        {
+            "camera": host(),
+            "depth": host(policy="nearest", tolerance_ms=40, max_wait_ms=50),
+            "mic": host(policy="nearest", tolerance_ms=40),
+        },
+        reference="camera",
+        max_wait_ns=200 * MS,
+    )
+    # Depth every 33 ms, but the frame at 1.006 s is dropped: the set at 1.000 s waits for
+    # it (the newest depth, 0.973 s, is 27 ms away) until its own deadline, 1.050 s.
+    out: list[AlignedSet] = []
+    for i, t in enumerate([907, 940, 973]):
+        out += a.push("depth", msg("depth", i, t * MS))
+    out += a.push("mic", msg("mic", 0, S + 30 * MS))
+    out += a.push("camera", msg("camera", 0, S))
+    assert out == [] and a.next_deadline_ns() == S + 50 * MS
+    assert a.advance(S + 49 * MS) == []
+    out = a.advance(S + 50 * MS)
+    assert len(out) == 1
+    d = out[0].members["depth"]
+    assert d.present and d.info["seq"] == 2 and not out[0].timed_out
+    # Without a deadline of its own the stream waits for the set's (200 ms).
+    b = Aligner(
+        {"camera": host(), "depth": host(policy="nearest", tolerance_ms=40)},
+        reference="camera",
+        max_wait_ns=200 * MS,
+    )
+    for i, t in enumerate([907, 940, 973]):
+        b.push("depth", msg("depth", i, t * MS))
+    b.push("camera", msg("camera", 0, S))
+    assert b.next_deadline_ns() == S + 200 * MS and b.advance(S + 50 * MS) == []
+    with pytest.raises(ValueError, match="max_wait_ms"):
+        StreamConfig(max_wait_ms=0)
 
 
 # --- interpolate ----------------------------------------------------------------------------

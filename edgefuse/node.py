@@ -19,7 +19,6 @@ import contextlib
 import ctypes
 import dataclasses
 import functools
-import gc
 import heapq
 import importlib
 import itertools
@@ -313,11 +312,6 @@ class NodeRunner:
             log.error("%s: setup failed:\n%s", self.spec.name, traceback.format_exc())
             self._close()
             return 1
-        # What imports and setup made lives as long as the process: out of the collector's
-        # sight, so a full collection in the loop scans only what the loop made (a stall of
-        # ~100 ms otherwise, every few seconds, on a node holding numpy, OpenCV and zmq).
-        gc.collect()
-        gc.freeze()
         stats_period_ns = round(self.spec.stats_period_s * 1e9)
         next_stats = time.monotonic_ns()
         sent_latency: dict[str, int] = {}

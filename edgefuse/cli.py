@@ -167,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_record(sub)
 
+    from edgefuse.record.replay_cli import register as register_replay
+
+    register_replay(sub)
+
     bench = sub.add_parser(
         "bench", help="benchmarks (edgefuse bench transport --json)", add_help=False
     )

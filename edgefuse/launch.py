@@ -109,7 +109,7 @@ class Launcher:
         t = self.pipeline.transport
         eps: dict[str, str] = {}
         for i, n in enumerate(self.pipeline.nodes.values()):
-            if not n.cls.outputs:
+            if not n.outputs:
                 continue
             if t.mode == "ipc":
                 eps[n.name] = f"ipc://{self.run_dir}/{n.name}.pub"

@@ -62,6 +62,7 @@ BUILTIN_NODES: dict[str, str] = {
     "depth": "edgefuse.sensors.depth:DepthNode",
     "lidar": "edgefuse.sensors.lidar:LidarNode",
     "recorder": "edgefuse.record.recorder:RecorderNode",
+    "replay": "edgefuse.record.replay:ReplayNode",
 }
 
 
@@ -96,6 +97,13 @@ class Node:
         self.params = params
         self._runner = runner
         self.log = logging.getLogger(f"edgefuse.node.{name}")
+
+    @classmethod
+    def output_streams(cls, params: Any) -> Mapping[str, str]:
+        """The output streams (stream -> encoding) of a node built with ``params``:
+        :attr:`outputs` unless they depend on its configuration (a replay node declares its
+        recording's)."""
+        return cls.outputs
 
     @classmethod
     def input_ports(cls, params: Any) -> Sequence[str]:

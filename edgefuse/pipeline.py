@@ -96,6 +96,8 @@ class ResolvedNode:
     #: The mapping ``params`` was built from: the shared ``params:`` the node's Params
     #: declares, overridden by the node's own. The launcher sends this to the node process.
     merged_params: dict[str, Any]
+    #: Output stream -> encoding (``cls.output_streams(params)``).
+    outputs: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -147,7 +149,7 @@ class Pipeline:
         """Every output topic -> (node, stream, encoding)."""
         out = {}
         for n in self.nodes.values():
-            for stream, encoding in n.cls.outputs.items():
+            for stream, encoding in n.outputs.items():
                 out[f"{n.name}/{stream}"] = (n.name, stream, encoding)
         return out
 
@@ -195,13 +197,19 @@ def validate(data: Any, *, src: config.Source, path: Path) -> Pipeline:
                 f"{src.where(('params', key))}: no node of the pipeline declares shared "
                 f"parameter {key!r}{hint}; declared parameters are: {known}"
             )
-    outputs = {f"{n}/{s}": n for n, cls in classes.items() for s in cls.outputs}
+    built: dict[str, tuple[Any, dict[str, Any]]] = {}
     for name, nc in raw.nodes.items():
         cls = classes[name]
         shared = {k: v for k, v in raw.params.items() if k in declared[name] and k not in nc.params}
         merged = {**shared, **nc.params}
         node_src = _SharedSource(src.file, src.lines, node=name, shared=frozenset(shared))
         params = config.build(cls.Params, merged, src=node_src, path=("nodes", name, "params"))
+        built[name] = (params, merged)
+    streams = {name: dict(classes[name].output_streams(built[name][0])) for name in raw.nodes}
+    outputs = {f"{n}/{s}": n for n, st in streams.items() for s in st}
+    for name, nc in raw.nodes.items():
+        cls = classes[name]
+        params, merged = built[name]
         ports = list(cls.input_ports(params))
         for port, topic in nc.inputs.items():
             where = src.where(("nodes", name, "inputs", port))
@@ -219,5 +227,7 @@ def validate(data: Any, *, src: config.Source, path: Path) -> Pipeline:
                 f"{src.where(('nodes', name, 'inputs'))}: input port(s) {', '.join(missing)} of "
                 f"{nc.type} are not connected"
             )
-        resolved[name] = ResolvedNode(name, nc, cls, params, dict(nc.inputs), merged)
+        resolved[name] = ResolvedNode(
+            name, nc, cls, params, dict(nc.inputs), merged, outputs=streams[name]
+        )
     return Pipeline(raw.name or path.stem, path, raw.transport, resolved)

@@ -84,9 +84,17 @@ def register(sub: Any) -> Any:
     """Add ``calibrate`` (intrinsics, stereo) and ``calib`` (convert) to the top-level
     sub-parsers ``sub``; returns the ``calibrate`` sub-parsers so that other calibration tools
     (camera-lidar, time) can add their actions."""
-    cal = sub.add_parser("calibrate", help="calibrate cameras: intrinsics, stereo")
+    cal = sub.add_parser(
+        "calibrate", help="calibrate sensors: intrinsics, stereo, camera-lidar, camera-depth"
+    )
     actions = cal.add_subparsers(dest="calibrate_verb", required=True, metavar="ACTION")
     add_calibrate_actions(actions)
+    from edgefuse.calib.extrinsic_cli import add_extrinsic_actions
+
+    add_extrinsic_actions(actions)
+    from edgefuse.calib.temporal import add_time_action
+
+    add_time_action(actions)
 
     files = sub.add_parser("calib", help="calibration files: convert between formats")
     fa = files.add_subparsers(dest="calib_verb", required=True, metavar="ACTION")

@@ -469,7 +469,7 @@ def _rig_of_pipeline(graph: Mapping[str, Any]) -> str:
         if rig:
             candidate = Path(path).parent / rig
             return str(candidate if candidate.exists() else find_calibration(rig))
-    except (EdgefuseError, OSError, AttributeError):
+    except (EdgefuseError, OSError, AttributeError, ValueError):
         pass
     return ""
 

@@ -11,6 +11,7 @@ with :mod:`edgefuse.sim.truth` so 2D truth boxes and visibility come from the sa
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -336,8 +337,17 @@ class CameraRenderer:
         c = np.clip(face.color_bgr * k, 0, 255)
         return (float(c[0]), float(c[1]), float(c[2]))
 
-    def render(self, objects: list[WorldObject], t_s: float, k: int) -> np.ndarray:
-        """Frame ``k``: the world at ``t_s`` as the camera sees it (bgr8, lens-distorted)."""
+    def render(
+        self,
+        objects: list[WorldObject],
+        t_s: float,
+        k: int,
+        *,
+        paint: Callable[[np.ndarray, PinholeView], None] | None = None,
+    ) -> np.ndarray:
+        """Frame ``k``: the world at ``t_s`` as the camera sees it (bgr8, lens-distorted).
+        ``paint(canvas, view)`` draws extra content (the calibration board of
+        :mod:`edgefuse.sim.calib_scene`) over the objects, on the undistorted canvas."""
         img = self.background.copy()
         v = self.view
         meshes: dict[int, PosedMesh] = {}
@@ -349,6 +359,8 @@ class CameraRenderer:
             self._shadows(img, list(meshes.values()))
         faces = v.faces(objects, t_s, meshes)
         fill_many(img, [f.pixels for f in faces], [self.shade(f) for f in faces])
+        if paint is not None:
+            paint(img, v)
         out = cv2.remap(img, self._map1, self._map2, cv2.INTER_LINEAR)
         rng = np.random.default_rng([self.seed, 0xCA3E7A, k])
         i = int(rng.integers(len(self._noise_pos)))

@@ -69,13 +69,20 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         params = config.build(SimParams, data)
     sensors = tuple(s.strip() for s in args.sensors.split(",") if s.strip())
     t0 = time.perf_counter()
-    counts = generate(
-        args.out,
-        params,
-        duration_s=args.duration,
-        sensors=sensors,
-        progress=None if args.quiet else print_progress(args.duration),
-    )
+    if params.scenario == "calibration":
+        # A board on a stand through varied poses, seen by camera, depth and lidar (the truth
+        # of its pose on sim/board): the known answer for `edgefuse calibrate camera-lidar`.
+        from edgefuse.sim.calib_scene import generate_calibration
+
+        counts = generate_calibration(args.out, params, duration_s=args.duration)
+    else:
+        counts = generate(
+            args.out,
+            params,
+            duration_s=args.duration,
+            sensors=sensors,
+            progress=None if args.quiet else print_progress(args.duration),
+        )
     wall = time.perf_counter() - t0
     if not args.quiet:
         sys.stderr.write("\n")

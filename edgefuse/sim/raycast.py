@@ -17,6 +17,7 @@ a moving object is where it was when it was seen, and every point carries its ow
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,15 +127,25 @@ class DepthRenderer:
                 seen.append(i)
         return np.flatnonzero(mask), seen
 
-    def render(self, objects: list[WorldObject], t_s: float, k: int) -> np.ndarray:
-        """Frame ``k``: the depth image (uint16 mm, 0 = no return) of the world at ``t_s``."""
+    def render(
+        self,
+        objects: list[WorldObject],
+        t_s: float,
+        k: int,
+        *,
+        extra_meshes: Sequence[tuple[np.ndarray, np.ndarray]] = (),
+    ) -> np.ndarray:
+        """Frame ``k``: the depth image (uint16 mm, 0 = no return) of the world at ``t_s``.
+        ``extra_meshes`` are more (vertices in ``base_link``, triangles), e.g. a calibration
+        board."""
         m = self.model
         t = self._t_ground.copy()
         cos = self._cos_ground.copy()
-        posed = [posed_mesh(o, t_s) for o in objects]
-        idx, seen = self._object_rays([p.vertices for p in posed])
+        meshes = [(p.vertices, p.triangles) for p in (posed_mesh(o, t_s) for o in objects)]
+        meshes += [(v, tri) for v, tri in extra_meshes]
+        idx, seen = self._object_rays([v for v, _ in meshes])
         if len(idx):
-            scene = _scene([(posed[i].vertices, posed[i].triangles) for i in seen])
+            scene = _scene([meshes[i] for i in seen])
             t_obj, _, normals = _cast(scene, self.origin, self._dirs[idx])
             closer = t_obj < t[idx]
             sel = idx[closer]
@@ -237,24 +248,30 @@ class LidarRenderer:
         k: int,
         *,
         clock_rate: float = 1.0,
+        extra_meshes: Sequence[tuple[np.ndarray, np.ndarray, float]] = (),
     ) -> tuple[np.ndarray, np.ndarray]:
         """Sweep ``k``: points ``(N, 5)`` float32 [x, y, z, intensity, t_offset_s] in the lidar
         frame and ring ``(N,)``. ``sweep_s`` is the sweep's world duration; ``t_offset_s`` is
-        measured from the sweep start on the sensor's clock, which runs ``clock_rate`` fast."""
+        measured from the sweep start on the sensor's clock, which runs ``clock_rate`` fast.
+        ``extra_meshes`` are more (vertices in ``base_link``, triangles, reflectivity) that
+        stand still during the sweep, e.g. a calibration board."""
         m = self.model
         t = self._t_ground.copy()
         cos = self._cos_ground.copy()
         refl = np.full(len(t), _GROUND_REFLECTIVITY)
         seen = [(o, self.seen_time(o, sweep_start_s, sweep_s)) for o in world_objects]
         objs = [o for o, t_seen in seen if o.alive(t_seen)]
-        if objs:
+        if objs or extra_meshes:
             posed = [posed_mesh(o, t_seen) for o, t_seen in seen if o.alive(t_seen)]
-            scene = _scene([(p.vertices, p.triangles) for p in posed])
+            meshes = [(p.vertices, p.triangles) for p in posed]
+            scene = _scene(meshes + [(v, tri) for v, tri, _ in extra_meshes])
             t_obj, gid, normals = _cast(scene, self.origin, self._dirs)
             closer = t_obj < t
             t[closer] = t_obj[closer]
             cos[closer] = np.abs(np.einsum("ij,ij->i", normals[closer], self._dirs[closer]))
-            obj_refl = np.array([o.cls.reflectivity for o in objs])
+            obj_refl = np.array(
+                [o.cls.reflectivity for o in objs] + [r for _, _, r in extra_meshes]
+            )
             refl[closer] = obj_refl[gid[closer].astype(np.int64)]
         rng = np.random.default_rng([self.seed, 0x1D4A, k])
         li = self.cal.lidar

@@ -3,7 +3,8 @@
 A scenario fixes the lighting, how often each class of object appears and where the traffic
 goes; the seed fixes everything else. ``day`` and ``night`` share their traffic so a model can be
 compared across lighting; ``busy`` is dense enough that objects hide each other; ``static``
-places objects once and never moves them (geometry checks and calibration).
+places objects once and never moves them (geometry checks); ``calibration`` is an empty world
+in which :mod:`edgefuse.sim.calib_scene` moves a chessboard through known poses.
 """
 
 from __future__ import annotations
@@ -63,6 +64,11 @@ SCENARIOS: dict[str, Scenario] = {
             name="static",
             description="objects standing still in front of the rig (geometry checks)",
             static=True,
+        ),
+        Scenario(
+            name="calibration",
+            description="a chessboard on a stand held in varied poses before camera, depth "
+            "and lidar, nothing else (extrinsic calibration; edgefuse.sim.calib_scene)",
         ),
     )
 }

@@ -161,7 +161,10 @@ class AlignerNode(Node):
                 meta=meta,
             )
             self._published += 1
-            self._latency_ns.append(time.monotonic_ns() - s.t_ns)
+            # Lossless (replay) has no wall clock to speak of: the event-time wait instead.
+            self._latency_ns.append(
+                s.wait_ns if self.params.lossless else time.monotonic_ns() - s.t_ns
+            )
 
     def teardown(self) -> None:
         if self.params.lossless and hasattr(self, "aligner"):

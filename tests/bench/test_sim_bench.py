@@ -40,7 +40,8 @@ def test_live_run_measures_every_node_and_topic() -> None:
     assert r.returncode == 0, r.stderr
     live = json.loads(r.stdout)["live"]
     assert live["launcher_exit"] == 0
-    assert set(live["nodes"]) == {"camera", "depth", "lidar", "mic", "sim", "sync", "detect"}
+    nodes = {"camera", "depth", "lidar", "mic", "sim", "sync", "detect", "score"}
+    assert set(live["nodes"]) == nodes
     assert all(v["cpu_share"] > 0 for v in live["nodes"].values())
     for topic in ("camera/image", "depth/image", "lidar/points", "mic/audio", "sim/truth"):
         assert live["topics"][topic]["messages"] > 0

@@ -1,0 +1,192 @@
+"""``edgefuse calibrate time``: the estimator on signals with a known lag, bad input exits 2
+naming the stream, and a simulated session rendered with known time offsets (slow)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from edgefuse.calib.model import load_calibration
+from edgefuse.calib.temporal import Signal, TemporalCalibrationError, estimate_offset
+from edgefuse.sim.generate import generate
+from edgefuse.sim.rig import SimParams
+from tests.conftest import REPO
+
+#: Offsets the test session is rendered with (ns); the estimator gets calibration/sim_rig.yaml
+#: (camera 5, depth 3, lidar 0, mic -1.5 ms) and must find these relative to the camera's.
+RENDER_OFFSETS_NS = {
+    "camera": 12_000_000,
+    "depth": 25_000_000,
+    "lidar": -7_000_000,
+    "mic": 9_000_000,
+}
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edgefuse.calib.cli", "calibrate", "time", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _activity(t_s: np.ndarray, tiles: int, seed: int) -> np.ndarray:
+    """Steps switching on and off at random instants per tile (edges crossing tiles)."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros((len(t_s), tiles))
+    for b in range(tiles):
+        edges = np.sort(rng.uniform(-2.0, 33.0, 40))  # fixed: the world does not move with t
+        out[:, b] = np.searchsorted(edges, t_s) % 2
+    return out
+
+
+def _signal(name: str, rate_hz: float, lag_s: float, dt_s: np.ndarray, seed: int) -> Signal:
+    """Samples at ``rate_hz`` of a world seen ``lag_s`` late (the stream's data describe
+    mapped time + lag_s), tile ``b`` at ``t + dt_s[b]``."""
+    t = np.arange(0.0, 30.0, 1 / rate_hz) + 0.0123
+    world = np.stack([_activity(t + d + lag_s, len(dt_s), 7)[:, i] for i, d in enumerate(dt_s)], 1)
+    noise = np.random.default_rng(seed).normal(0, 0.05, world.shape)
+    return Signal(
+        stream=name,
+        kind="camera",
+        t_ns=np.round(t * 1e9).astype(np.int64),
+        values=world + noise,
+        dt_ns=np.round(np.asarray(dt_s) * 1e9).astype(np.int64),
+    )
+
+
+def test_known_lag_recovered_with_sign_and_per_tile_instants() -> None:
+    # A 30 Hz reference and a 10 Hz "lidar" whose tiles are scanned 80-98 ms into the sweep.
+    # Data at mapped time m describe m + offset (the aligner: t_ns = mapped + offset): with
+    # offsets 12 ms (camera) and -7 ms (lidar) the lidar's is the camera's - 19 ms.
+    tiles = 16
+    ref = _signal("camera", 30.0, 0.012, np.zeros(tiles), seed=1)
+    lidar = _signal("lidar", 10.0, -0.007, np.linspace(0.080, 0.098, tiles), seed=2)
+    e = estimate_offset(lidar, ref)
+    assert abs(e.offset_ns * 1e-6 - (-19.0)) < 0.5, e
+    assert e.reliable and e.confidence > 0.3
+    back = estimate_offset(ref, lidar)  # the other way round: the opposite offset
+    assert abs(back.offset_ns * 1e-6 - 19.0) < 0.5, back
+
+
+def test_unrelated_signals_are_flagged_unreliable() -> None:
+    a = _signal("camera", 30.0, 0.0, np.zeros(8), seed=1)
+    b = Signal(
+        stream="mic",
+        kind="audio",
+        t_ns=a.t_ns,
+        values=np.random.default_rng(5).normal(size=(len(a.t_ns), 1)),
+        dt_ns=np.zeros(1, np.int64),
+    )
+    e = estimate_offset(b, a)
+    assert not e.reliable
+    assert "mic" in e.reason and "--streams" in e.reason
+
+
+def test_flat_and_short_signals_name_the_stream() -> None:
+    ref = _signal("camera", 30.0, 0.0, np.zeros(4), seed=1)
+    flat = Signal(
+        stream="depth",
+        kind="depth",
+        t_ns=ref.t_ns,
+        values=np.ones((len(ref.t_ns), 4)),
+        dt_ns=np.zeros(1, np.int64),
+    )
+    with pytest.raises(TemporalCalibrationError, match="depth: its depth signal does not change"):
+        estimate_offset(flat, ref)
+    short = Signal(
+        stream="lidar",
+        kind="lidar",
+        t_ns=ref.t_ns[:60],
+        values=ref.values[:60],
+        dt_ns=np.zeros(1, np.int64),
+    )
+    with pytest.raises(TemporalCalibrationError, match=r"lidar: it overlaps .*\(record longer"):
+        estimate_offset(short, ref)
+
+
+@pytest.fixture(scope="module")
+def short_session(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("time") / "cam.mcap"
+    generate(path, SimParams(scenario="busy", seed=2), duration_s=3.0, sensors=("camera", "mic"))
+    return path
+
+
+def test_cli_missing_stream_exits_2_naming_it(short_session: Path) -> None:
+    r = cli(str(short_session), "--streams", "depth", "--dry-run")
+    assert r.returncode == 2, r.stderr
+    assert "stream depth: topic 'depth/image' is not in" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_cli_too_short_recording_exits_2(short_session: Path) -> None:
+    r = cli(str(short_session), "--streams", "mic", "--dry-run")
+    assert r.returncode == 2, r.stderr
+    assert "stream mic" in r.stderr and "record longer" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_cli_unknown_stream_and_bad_lag(short_session: Path) -> None:
+    r = cli(str(short_session), "--streams", "radar")
+    assert r.returncode == 2 and "--streams: radar not in the aligner" in r.stderr
+    r = cli(str(short_session), "--max-lag-ms", "0")
+    assert r.returncode == 2 and "--max-lag-ms" in r.stderr
+
+
+@pytest.fixture(scope="module")
+def offset_session(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """A 40 s busy session rendered with RENDER_OFFSETS_NS, a pipeline whose aligner has the
+    true latencies (12 ms USB + the camera's offset, ...) and the estimator's rig (the
+    original sim rig, other offsets)."""
+    tmp = tmp_path_factory.mktemp("offsets")
+    rig = yaml.safe_load((REPO / "calibration/sim_rig.yaml").read_text())
+    for name, off in RENDER_OFFSETS_NS.items():
+        rig["sensors"][name]["time_offset_ns"] = off
+    render = tmp / "render_rig.yaml"
+    render.write_text(yaml.safe_dump(rig, sort_keys=False))
+    session = tmp / "busy.mcap"
+    params = SimParams(scenario="busy", seed=1, rig=str(render), lidar_cut_azimuth_deg=-35)
+    generate(session, params, duration_s=40.0, sensors=("camera", "depth", "lidar", "mic"))
+    est_rig = tmp / "est_rig.yaml"
+    est_rig.write_text((REPO / "calibration/sim_rig.yaml").read_text())
+    pipe = yaml.safe_load((REPO / "pipelines/sim.yaml").read_text())
+    streams = pipe["nodes"]["sync"]["params"]["streams"]
+    # latency_ms: the least delay from the stamped instant (Source.min_delay_ms of the render).
+    streams["camera"]["latency_ms"] = 12.0 + 12.0
+    streams["depth"]["latency_ms"] = 18.0 + 25.0
+    streams["lidar"]["latency_ms"] = 1.5 - 7.0 + 100.0
+    pipe["nodes"]["sync"]["params"]["rig"] = str(est_rig)
+    pipeline = tmp / "pipe.yaml"
+    pipeline.write_text(yaml.safe_dump(pipe, sort_keys=False))
+    return session, pipeline, est_rig
+
+
+@pytest.mark.slow
+def test_sim_offsets_estimated_and_written(offset_session: tuple[Path, Path, Path]) -> None:
+    session, pipeline, est_rig = offset_session
+    r = cli(str(session), "--pipeline", str(pipeline), "--json", "--dry-run")
+    # Depth (an 8 m range: few objects near enough) and the microphone (no sound events the
+    # camera sees; sound arrives d/343 m/s late) are flagged unreliable: exit 2, nothing written.
+    assert r.returncode == 2, r.stderr
+    out = {s["stream"]: s for s in json.loads(r.stdout)["streams"]}
+    truth_ms = (RENDER_OFFSETS_NS["lidar"] - RENDER_OFFSETS_NS["camera"]) * 1e-6
+    assert out["lidar"]["reliable"], out["lidar"]
+    assert abs(out["lidar"]["offset_ms"] - truth_ms) < 2.0, out["lidar"]
+    assert not out["mic"]["reliable"] and "mic" in r.stderr
+    before = est_rig.read_text()
+    assert before == (REPO / "calibration/sim_rig.yaml").read_text()  # nothing written
+    r = cli(str(session), "--pipeline", str(pipeline), "--streams", "lidar")
+    assert r.returncode == 0, r.stderr
+    rig = load_calibration(est_rig)
+    # Relative to the camera's 5 ms in the estimator's rig: 5 + (-7 - 12) = -14 ms.
+    got_ms = rig.sensor("lidar").time_offset_ns * 1e-6
+    assert abs(got_ms - (5.0 + truth_ms)) < 2.0, got_ms
+    assert rig.sensor("camera").time_offset_ns == 5_000_000

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from edgefuse.errors import ConfigError, EdgefuseError
+from edgefuse.errors import ConfigError
 from edgefuse.record.replay import (
     PlaybackClock,
     ReplayNode,
@@ -409,23 +409,10 @@ class KeyboardControl:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m edgefuse.record.replay_cli ARGS``: the verb on its own (exit 2 on a
-    configuration or file error, with the reason on stderr)."""
-    import logging
+    """``python -m edgefuse.record.replay_cli ARGS``: ``edgefuse replay ARGS``."""
+    from edgefuse.cli import main as edgefuse_main
 
-    p = argparse.ArgumentParser(prog="edgefuse replay")
-    add_arguments(p)
-    args = p.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        return run_replay(args)
-    except EdgefuseError as exc:
-        print(f"edgefuse: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return edgefuse_main(["replay", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

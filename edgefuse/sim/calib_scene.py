@@ -417,14 +417,7 @@ class BoardLidarSource(LidarSource):
         pts, ring = self.renderer.render(
             objs, t_s, sweep_s, k, clock_rate=self.clock.rate, extra_meshes=extra
         )
-        meta = {
-            "fields": ["x", "y", "z", "intensity", "t_offset_s"],
-            "beams": self.renderer.beams,
-            "azimuth_steps": self.renderer.steps,
-            "sweep_s": self.period_s,
-            "cut_azimuth_deg": self.renderer.model.cut_azimuth_deg,
-        }
-        return [pts, ring], meta
+        return [pts, ring], self.sweep_meta()
 
 
 class BoardTruthSource(Source):

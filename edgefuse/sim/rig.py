@@ -245,14 +245,17 @@ class LidarSource(Source):
         sweep_s = self.period_s / self.clock.rate
         objs = self.world.objects_between(t_s, t_s + sweep_s)
         pts, ring = self.renderer.render(objs, t_s, sweep_s, k, clock_rate=self.clock.rate)
-        meta = {
+        return [pts, ring], self.sweep_meta()
+
+    def sweep_meta(self) -> dict[str, Any]:
+        """The ``meta`` of every sweep message: layout, sweep period and cut angle."""
+        return {
             "fields": ["x", "y", "z", "intensity", "t_offset_s"],
             "beams": self.renderer.beams,
             "azimuth_steps": self.renderer.steps,
             "sweep_s": self.period_s,
             "cut_azimuth_deg": self.renderer.model.cut_azimuth_deg,
         }
-        return [pts, ring], meta
 
 
 class MicSource(Source):

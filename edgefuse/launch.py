@@ -311,9 +311,13 @@ class Launcher:
             assert p.proc is not None
             with contextlib.suppress(ProcessLookupError):
                 p.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_S
-        while time.monotonic() < deadline and any(
-            p.proc is not None and p.proc.poll() is None for p in alive
+        # Each node gets the launcher's grace, or its own when longer (a recorder flushing
+        # its queue to disk must not be killed halfway through: that would lose data).
+        start = time.monotonic()
+        grace = {id(p): max(STOP_GRACE_S, p.resolved.cls.stop_grace_s) for p in alive}
+        while any(
+            p.proc is not None and p.proc.poll() is None and time.monotonic() - start < grace[id(p)]
+            for p in alive
         ):
             if self._control is not None:
                 self._collect(20)  # the nodes' last reports
@@ -322,7 +326,7 @@ class Launcher:
         for p in alive:
             assert p.proc is not None
             if p.proc.poll() is None:
-                log.warning("%s did not stop within %.1f s: killed", p.resolved.name, STOP_GRACE_S)
+                log.warning("%s did not stop within %.1f s: killed", p.resolved.name, grace[id(p)])
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(p.proc.pid, signal.SIGKILL)
             p.proc.wait()

@@ -91,6 +91,9 @@ class Node:
     outputs: ClassVar[Mapping[str, str]] = {}
     #: Input ports; the pipeline maps each to a topic.
     inputs: ClassVar[Sequence[str]] = ()
+    #: How long the launcher waits for this node to stop after SIGTERM before killing it
+    #: (the launcher's own grace when that is longer).
+    stop_grace_s: ClassVar[float] = 0.0
 
     def __init__(self, *, name: str, params: Any, runner: NodeRunner | None = None) -> None:
         self.name = name

@@ -83,6 +83,24 @@ class StubbornNode(Node):
         pass
 
 
+class SlowToStop(Node):
+    """Takes 2.5 s to tear down (a recorder flushing its queue) and says so at the end; it
+    asks for 6 s of grace, so the launcher must wait for it rather than kill it."""
+
+    Params = StubbornParams
+    outputs = {"tick": "i64"}
+    stop_grace_s = 6.0
+
+    def setup(self) -> None:
+        self.every(0.05, lambda: self.publish("tick", [np.zeros(1, np.int64)], t_sensor_ns=0))
+
+    def teardown(self) -> None:
+        import time
+
+        time.sleep(2.5)
+        self.log.info("flushed everything")
+
+
 MS = 1_000_000
 
 

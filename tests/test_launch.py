@@ -190,6 +190,17 @@ def test_node_ignoring_sigterm_is_killed_within_2s(tmp_path: Path) -> None:
     assert b"did not stop within 1.5 s: killed" in out
 
 
+def test_a_node_that_asks_for_more_time_to_stop_gets_it(tmp_path: Path) -> None:
+    proc = _spawn_cli(tmp_path, "nodes:\n  s:\n    type: tests.nodes:SlowToStop\n")
+    deadline = time.monotonic() + 15
+    while len(child_pids(proc.pid)) < 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=15)
+    assert b"flushed everything" in out and b"killed" not in out
+
+
 def test_killed_launcher_takes_its_nodes_along(tmp_path: Path) -> None:
     proc = _spawn_cli(tmp_path, PATTERN.format(name="kill", transport="{mode: ipc}"))
     kids = _wait_for_nodes(proc, 2)

@@ -35,7 +35,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -503,6 +503,8 @@ class RecorderNode(Node):
     """
 
     Params = RecorderParams
+    #: At stop the writer drains its queue (up to ``queue_mb``) to disk first: time for it.
+    stop_grace_s: ClassVar[float] = 60.0
 
     @classmethod
     def input_ports(cls, params: Any) -> Sequence[str]:

@@ -9,9 +9,10 @@ whatever the file's size.
 
 :class:`ReplayNode` (``type: replay``) publishes them as a source node: a node named
 ``camera`` replaying ``camera/image`` publishes ``camera/image`` again. Each message keeps
-its recorded ``seq``, ``t_sensor_ns``, ``t_ns``, frame, encoding and meta; its ``t_host_ns``
+its recorded ``seq``, ``t_sensor_ns``, frame, encoding and meta; its ``t_host_ns``
 is re-based onto this run's host timeline so that the gaps between the recorded arrivals are
-preserved (divided by ``rate``): clock models see the arrival pattern they saw live. Large
+preserved (divided by ``rate``): clock models see the arrival pattern they saw live; a
+``t_ns`` (host timeline too: ``sim/truth``, detections) moves with it. Large
 payloads are written into loaned shared-memory slots, as live sensors publish them.
 
 Pacing follows a :class:`PlaybackClock`: session time as a function of host time, which
@@ -559,7 +560,9 @@ class ReplayNode(Node):
             seq=seq,
             t_sensor_ns=h.t_sensor_ns,
             t_host_ns=t_host_ns,
-            t_ns=h.t_ns,
+            # t_ns is on the host timeline, like t_host_ns: it moves with it (sim/truth,
+            # detections), keeping its distance from the arrival.
+            t_ns=None if h.t_ns is None else h.t_ns + (t_host_ns - h.t_host_ns),
             frame_id=h.frame_id,
             encoding=h.encoding,
             meta=h.meta,

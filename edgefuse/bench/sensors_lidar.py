@@ -2,11 +2,12 @@
 
 A synthetic stream of real-format data packets (a sensor at 600 rpm seeing a wavy wall 2..60 m
 away, a tenth of the beams without a return) is fed to
-:class:`~edgefuse.sensors.velodyne.SweepAssembler` in the batches the node's poll timer drains
-(``poll_ms`` of packets at a time). Measured: CPU seconds per sweep and the fraction of one core
-that a 10 Hz stream costs (process CPU time over the stream's duration), and the latency from
-the arrival of the packet that completes a sweep to the sweep being ready to publish (the
-``push`` call that decodes it; the node adds up to one poll period of waiting to that).
+:class:`~edgefuse.sensors.velodyne_sweeps.SweepAssembler` in the batches the node's poll
+timer drains (``poll_ms`` of packets at a time). Measured: CPU seconds per sweep and the
+fraction of one core that a 10 Hz stream costs (process CPU time over the stream's duration),
+and the latency from the arrival of the packet that completes a sweep to the sweep being ready
+to publish (the ``push`` call that decodes it; the node adds up to one poll period of waiting
+to that).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from edgefuse.sensors.velodyne import (
     HOUR_US,
     MODELS,
     PACKET_DTYPE,
-    SweepAssembler,
 )
+from edgefuse.sensors.velodyne_sweeps import SweepAssembler
 
 
 def synthetic_packets(

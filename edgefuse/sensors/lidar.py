@@ -2,7 +2,7 @@
 
 ``source: udp`` binds a non-blocking UDP socket (``host``, ``port``, 2368 by default) and drains
 it from a short timer of the node loop, so the loop never blocks; each datagram gets its host
-receipt time, and :class:`~edgefuse.sensors.velodyne.SweepAssembler` decodes them in batches
+receipt time, and :class:`~edgefuse.sensors.velodyne_sweeps.SweepAssembler` decodes them in batches
 into sweeps cut at ``cut_azimuth_deg``. Every sweep is published on ``<name>/points`` in the
 simulated lidar's layout (``xyzit_f32``: points ``(N, 5)`` float32 ``[x, y, z, intensity,
 t_offset_s]`` plus ``ring`` uint8), with ``t_sensor_ns`` the sensor's µs-past-the-hour clock at
@@ -27,7 +27,8 @@ from typing import ClassVar, Literal
 from edgefuse.errors import ConfigError
 from edgefuse.node import Node
 from edgefuse.sensors._lidar_files import ScanFiles, read_scan
-from edgefuse.sensors.velodyne import FIELDS, SweepAssembler
+from edgefuse.sensors.velodyne import FIELDS
+from edgefuse.sensors.velodyne_sweeps import SweepAssembler
 
 #: Datagrams drained per timer tick at most, so a flood cannot starve the loop.
 _MAX_BATCH = 2048

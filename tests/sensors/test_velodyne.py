@@ -18,10 +18,10 @@ import pytest
 from edgefuse.sensors.velodyne import (
     HOUR_NS,
     MODELS,
-    SweepAssembler,
     decode_packets,
     parse_packets,
 )
+from edgefuse.sensors.velodyne_sweeps import SweepAssembler
 
 HOUR_US = 3_600_000_000
 STRONGEST, LAST, DUAL = 0x37, 0x38, 0x39

@@ -164,6 +164,7 @@ class Launcher:
                 parent_pid=os.getpid(),
                 # Set once here, and a restart reuses this spec: one epoch for the whole run.
                 run_start_ns=self.run_start_ns,
+                nice=n.config.nice,
             )
             self._nodes[n.name] = _NodeProc(n, spec)
         graph = {

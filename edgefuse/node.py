@@ -233,6 +233,8 @@ class NodeSpec:
     #: Host ``time.monotonic_ns()`` when the run started: one value for all nodes of a run,
     #: kept across restarts. 0 (a node started on its own): the runner's own start time.
     run_start_ns: int = 0
+    #: Niceness the node process adds to itself at start (the pipeline's ``nice:``).
+    nice: int = 0
 
     def to_json(self) -> str:
         """Serialise for the environment of the node process."""
@@ -475,6 +477,8 @@ def _die_with_parent(parent_pid: int) -> None:
 def main() -> int:
     """Entry point of a node process (``python -m edgefuse.node``)."""
     spec = NodeSpec.from_json(os.environ["EDGEFUSE_NODE_SPEC"])
+    if spec.nice:
+        os.nice(spec.nice)
     logging.basicConfig(
         level=os.environ.get("EDGEFUSE_LOG_LEVEL", "INFO"),
         format=f"%(asctime)s {spec.name} %(levelname)s %(message)s",

@@ -72,6 +72,14 @@ class NodeConfig:
     inputs: dict[str, str] = field(default_factory=dict)
     #: Restart policy: ``on-failure`` (non-zero exit), ``always``, ``never``.
     restart: Literal["on-failure", "always", "never"] = "on-failure"
+    #: Scheduling niceness added to the node's process (0..19, like ``nice -n``): a node that
+    #: may wait (a scorer, a recorder with a deep queue) leaves the CPU to the ones on the
+    #: latency path when the machine is full.
+    nice: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.nice <= 19:
+            raise ValueError(f"nice must be in 0..19, got {self.nice}")
 
 
 @dataclass(frozen=True, kw_only=True)

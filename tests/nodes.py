@@ -246,7 +246,8 @@ class DetectionProbe(Node):
 
 
 class EnvProbe(Node):
-    """Writes its process's thread-pool variables (``*_NUM_THREADS``) as JSON to ``path``."""
+    """Writes its process's thread-pool variables (``*_NUM_THREADS``) and niceness (``nice``)
+    as JSON to ``path``."""
 
     Params = ProbeParams
 
@@ -254,6 +255,7 @@ class EnvProbe(Node):
         import json
         import os
 
-        env = {k: v for k, v in os.environ.items() if k.endswith("_NUM_THREADS")}
+        env: dict[str, object] = {k: v for k, v in os.environ.items() if k.endswith("_NUM_THREADS")}
+        env["nice"] = os.nice(0)  # the process's niceness, as the launcher left it
         with open(self.params.path, "w") as f:
             f.write(json.dumps(env))

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from edgefuse.errors import ConfigError
 from edgefuse.launch import Launcher
 from edgefuse.pipeline import load_pipeline
 from edgefuse.transport import generate_keys
@@ -260,3 +261,15 @@ def test_node_processes_get_single_thread_pools_unless_the_user_sets_them(
     env = json.loads(out.read_text())
     assert env["OPENBLAS_NUM_THREADS"] == "1" and env["MKL_NUM_THREADS"] == "1"
     assert env["OMP_NUM_THREADS"] == "2"
+
+
+def test_a_node_runs_at_the_niceness_its_pipeline_gives_it(tmp_path: Path) -> None:
+    out = tmp_path / "env.json"
+    base = os.nice(0)
+    probe = f"{{type: 'tests.nodes:EnvProbe', params: {{path: '{out}'}}, nice: 7}}"
+    launch(tmp_path, f"name: nicetest\nnodes:\n  probe: {probe}\n", 1.5)
+    assert json.loads(out.read_text())["nice"] == min(19, base + 7)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("nodes:\n  probe: {type: 'tests.nodes:EnvProbe', nice: 25}\n")
+    with pytest.raises(ConfigError, match="nice"):
+        load_pipeline(bad)

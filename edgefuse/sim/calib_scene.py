@@ -28,7 +28,7 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -363,14 +363,23 @@ def _paint_plate(
     img[y0:y1, x0:x1] = np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
-class BoardCameraSource(CameraSource):
-    """The colour camera of the calibration scene."""
+class _InScene:
+    """A source that renders the calibration scene (given by :func:`_in_scene`)."""
 
-    def __init__(
-        self, params: SimParams, *, rate_hz: float, rig: RigCalibration, scene: CalibrationScene
-    ) -> None:
-        super().__init__(params, rate_hz=rate_hz, rig=rig)
-        self.scene = scene
+    scene: CalibrationScene
+
+
+_S = TypeVar("_S", bound=_InScene)
+
+
+def _in_scene(source: _S, scene: CalibrationScene) -> _S:
+    """``source``, rendering ``scene``."""
+    source.scene = scene
+    return source
+
+
+class BoardCameraSource(_InScene, CameraSource):
+    """The colour camera of the calibration scene."""
 
     def render(self, k: int, t_s: float) -> tuple[list[np.ndarray], dict[str, Any]]:
         T, _, _ = self.scene.pose_at(t_s)
@@ -378,14 +387,8 @@ class BoardCameraSource(CameraSource):
         return [self.renderer.render(self.world.objects_at(t_s), t_s, k, paint=paint)], {}
 
 
-class BoardDepthSource(DepthSource):
+class BoardDepthSource(_InScene, DepthSource):
     """The depth camera of the calibration scene."""
-
-    def __init__(
-        self, params: SimParams, *, rate_hz: float, rig: RigCalibration, scene: CalibrationScene
-    ) -> None:
-        super().__init__(params, rate_hz=rate_hz, rig=rig)
-        self.scene = scene
 
     def render(self, k: int, t_s: float) -> tuple[list[np.ndarray], dict[str, Any]]:
         T, _, _ = self.scene.pose_at(t_s)
@@ -394,14 +397,8 @@ class BoardDepthSource(DepthSource):
         return [img], {"depth_scale_m": 0.001}
 
 
-class BoardLidarSource(LidarSource):
+class BoardLidarSource(_InScene, LidarSource):
     """The lidar of the calibration scene: the board is posed when the beams cross it."""
-
-    def __init__(
-        self, params: SimParams, *, rate_hz: float, rig: RigCalibration, scene: CalibrationScene
-    ) -> None:
-        super().__init__(params, rate_hz=rate_hz, rig=rig)
-        self.scene = scene
 
     def render(self, k: int, t_s: float) -> tuple[list[np.ndarray], dict[str, Any]]:
         sweep_s = self.period_s / self.clock.rate
@@ -420,16 +417,10 @@ class BoardLidarSource(LidarSource):
         return [pts, ring], self.sweep_meta()
 
 
-class BoardTruthSource(Source):
+class BoardTruthSource(_InScene, Source):
     """``T_base_link_board`` at each camera frame's instant (delivered with the frame)."""
 
     sensor, stream, encoding = "camera", "board", "sim_board"
-
-    def __init__(
-        self, params: SimParams, *, rate_hz: float, rig: RigCalibration, scene: CalibrationScene
-    ) -> None:
-        super().__init__(params, rate_hz=rate_hz, rig=rig)
-        self.scene = scene
 
     def delivery_s(self, k: int) -> float | None:
         # Truth exists for every frame the camera takes, delivered or dropped.
@@ -460,16 +451,21 @@ def calibration_sources(
     rig = load_rig(params)
     rates = {"camera": 30.0, "depth": 30.0, "lidar": 10.0, **(rates_hz or {})}
     rates["board"] = rates["camera"]
-    makers: dict[str, Callable[[], Source]] = {
-        "camera": lambda: BoardCameraSource(params, rate_hz=rates["camera"], rig=rig, scene=scene),
-        "depth": lambda: BoardDepthSource(params, rate_hz=rates["depth"], rig=rig, scene=scene),
-        "lidar": lambda: BoardLidarSource(params, rate_hz=rates["lidar"], rig=rig, scene=scene),
-        "board": lambda: BoardTruthSource(params, rate_hz=rates["board"], rig=rig, scene=scene),
+    kinds: dict[str, type[_InScene]] = {
+        "camera": BoardCameraSource,
+        "depth": BoardDepthSource,
+        "lidar": BoardLidarSource,
+        "board": BoardTruthSource,
     }
-    unknown = set(sensors) - set(makers)
+    unknown = set(sensors) - set(kinds)
     if unknown:
-        raise ValueError(f"unknown sensors {sorted(unknown)}; expected some of {list(makers)}")
-    return {s: makers[s]() for s in sensors}
+        raise ValueError(f"unknown sensors {sorted(unknown)}; expected some of {list(kinds)}")
+    out: dict[str, Source] = {}
+    for name in sensors:
+        source = kinds[name](params, rate_hz=rates[name], rig=rig)  # type: ignore[call-arg]
+        assert isinstance(source, Source)
+        out[name] = _in_scene(source, scene)
+    return out
 
 
 def _samples(sources: dict[str, Source], duration_s: float) -> Iterator[tuple[str, Sample]]:

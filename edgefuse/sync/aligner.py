@@ -203,6 +203,8 @@ class Aligner:
                 max_wait_ns=None if cfg.max_wait_ms is None else round(cfg.max_wait_ms * 1e6),
             )
         self._pending: deque[_Pending] = deque()
+        #: Whether any stream has a deadline of its own (else the set's is everyone's).
+        self._own_waits = any(st.max_wait_ns is not None for st in self.streams.values())
         #: Newest arrival on any stream: the event-time "now".
         self.now_ns: int | None = None
         self._first_ns: int | None = None
@@ -269,6 +271,8 @@ class Aligner:
         if not self._pending:
             return None
         p = self._pending[0]
+        if not self._own_waits:  # the hot path: every stream waits as long as the set
+            return p.deadline_ns
         return min(
             (
                 p.deadline_of(st)
@@ -347,7 +351,7 @@ class Aligner:
                     continue
                 # The deadline decides for this stream when it has passed on the clock or the
                 # stream has already delivered something that arrived after it.
-                dl = p.deadline_of(st)
+                dl = p.deadline_ns if st.max_wait_ns is None else p.deadline_of(st)
                 by_deadline = (
                     flush
                     or (final_until_ns is not None and final_until_ns >= dl)

@@ -149,20 +149,24 @@ class Nearest(_Buffered):
         super().__init__(stream, max_items=max_items)
         self.tolerance_ns = tolerance_ns
         self._gaps_ns: deque[int] = deque(maxlen=self._GAPS)
+        #: The smallest of them once there are enough (None before).
+        self._min_gap_ns: int | None = None
 
     def add(self, item: Item) -> None:
         if self.items:
             self._gaps_ns.append(item.t_ns - self.items[-1].t_ns)
+            if len(self._gaps_ns) >= self._GAPS // 2:
+                self._min_gap_ns = min(self._gaps_ns)
         super().add(item)
 
     def settled(self, t_ns: int, deadline_ns: int | None = None) -> bool:
         if super().settled(t_ns, deadline_ns):
             return True
-        if deadline_ns is not None or len(self._gaps_ns) < self._GAPS // 2:
+        if deadline_ns is not None or self._min_gap_ns is None:
             return False
         # A spacing <= 0 (a clock reset, a repeated stamp) makes this never true: then wait.
         newest = self.items[-1].t_ns
-        return t_ns - newest <= newest + min(self._gaps_ns) - t_ns
+        return t_ns - newest <= newest + self._min_gap_ns - t_ns
 
     def reach_ns(self) -> int:
         return self.tolerance_ns

@@ -11,7 +11,7 @@
     edgefuse bench infer [--json] [--model MODEL.onnx] [--checkpoint MODEL.pt]
                          [--backend onnxruntime|torch|tensorrt|all] [--precision fp32]
                          [--threads 2] [--iterations 200] [--warmup 20]
-    edgefuse bench record [--json] [--seconds 3] [--compression none|zstd|lz4|all]
+    edgefuse bench record [--json] [--seconds 3] [--compression none|zstd|lz4|all] [--zstd-level 1]
                           [--foxglove]
     edgefuse bench sensors [--json] [--seconds 5]
 """
@@ -154,6 +154,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--seconds", type=float, default=3.0, help="per compression setting")
     r.add_argument("--compression", choices=("none", "zstd", "lz4", "all"), default="all")
     r.add_argument("--foxglove", action="store_true", help="with the Foxglove channels")
+    r.add_argument("--zstd-level", type=int, default=1, help="zstd level measured (default 1)")
     s = sub.add_parser(
         "sensors",
         help="driver cost: lidar packet decoding, camera publish",
@@ -171,7 +172,16 @@ def _record(args: argparse.Namespace, argv: list[str]) -> int:
     if args.seconds <= 0:
         print("edgefuse bench record: --seconds must be > 0", file=sys.stderr)
         return 2
-    doc = bench_record(seconds=args.seconds, compression=args.compression, foxglove=args.foxglove)
+    try:
+        doc = bench_record(
+            seconds=args.seconds,
+            compression=args.compression,
+            foxglove=args.foxglove,
+            zstd_level=args.zstd_level,
+        )
+    except ValueError as exc:
+        print(f"edgefuse bench record: {exc}", file=sys.stderr)
+        return 2
     doc = {"benchmark": "record", "command": shlex.join(["edgefuse", "bench", *argv]), **doc}
     print(_document(args, doc))
     return 0

@@ -7,6 +7,9 @@ writer thread takes them: the feeder waits while more than 64 MB are queued, so 
 dropped and the figure is the writer's. The process is pinned to one CPU for the measurement.
 ``MBps`` counts envelope bytes (payloads + headers) per wall second, file closed included.
 
+zstd runs at the recorder's default level (1, as rosbag2); ``--compression all`` also measures
+mcap's own default level (3) side by side.
+
 The goals: at least 300 MB/s uncompressed, and with zstd at least 3x the simulated rig's data
 rate, which is computed from its streams: each sensor's bytes per message times its rate.
 """
@@ -26,11 +29,14 @@ from typing import Any
 import numpy as np
 
 from edgefuse.envelope import Header, Message
+from edgefuse.record.session import DEFAULT_ZSTD_LEVEL, check_zstd_level
 
 #: Nominal rates of the simulated rig's streams (messages per second), as pipelines/sim.yaml.
 RIG_RATES_HZ = {"camera": 30.0, "depth": 30.0, "lidar": 10.0, "mic": 100.0, "truth": 30.0}
 GOAL_UNCOMPRESSED_MBPS = 300.0
 GOAL_ZSTD_RIG_FACTOR = 3.0
+#: The level mcap's writer compresses with when nobody chooses (measured alongside).
+_MCAP_ZSTD_LEVEL = 3
 _QUEUE_HIGH = 64_000_000
 
 
@@ -113,7 +119,12 @@ def _stream(samples: dict[str, list[Message]]) -> Iterator[Message]:
 
 
 def measure(
-    samples: dict[str, list[Message]], *, seconds: float, compression: str, foxglove: bool
+    samples: dict[str, list[Message]],
+    *,
+    seconds: float,
+    compression: str,
+    foxglove: bool,
+    zstd_level: int = DEFAULT_ZSTD_LEVEL,
 ) -> dict[str, Any]:
     """Record the rig's stream for ``seconds``; MB/s of envelope bytes and the file size."""
     from edgefuse.record.recorder import Recording, RecordOptions
@@ -122,6 +133,7 @@ def measure(
         opts = RecordOptions(
             out=str(Path(tmp) / "bench.mcap"),
             compression=compression,  # type: ignore[arg-type]
+            zstd_level=zstd_level,
             foxglove=foxglove,
             rig="calibration/sim_rig.yaml" if foxglove else "",
             queue_mb=2 * _QUEUE_HIGH / 1e6,
@@ -143,6 +155,7 @@ def measure(
         size = sum(Path(f).stat().st_size for f in report["files"])
     return {
         "compression": compression,
+        **({"zstd_level": zstd_level} if compression == "zstd" else {}),
         "foxglove": foxglove,
         "messages": messages,
         "seconds": round(wall, 3),
@@ -155,21 +168,38 @@ def measure(
 
 
 def bench_record(
-    *, seconds: float = 3.0, compression: str = "all", foxglove: bool = False
+    *,
+    seconds: float = 3.0,
+    compression: str = "all",
+    foxglove: bool = False,
+    zstd_level: int = DEFAULT_ZSTD_LEVEL,
 ) -> dict[str, Any]:
     """Measure recording throughput on one core: ``compression`` one of ``none``, ``zstd``,
-    ``lz4`` or ``all``; ``foxglove`` adds the Foxglove channels (more bytes, more CPU).
-    Returns the figures, the rig's data rate and whether the goals are met."""
+    ``lz4`` or ``all`` (which adds ``zstd_mcap_default``: zstd at mcap's own level 3, for
+    comparison); ``foxglove`` adds the Foxglove channels (more bytes, more CPU). Returns the
+    figures, the rig's data rate and whether the goals are met."""
     kinds = ["none", "zstd", "lz4"] if compression == "all" else [compression]
     if any(k not in ("none", "zstd", "lz4") for k in kinds):
         raise ValueError(f"compression {compression!r} is not one of none, zstd, lz4, all")
+    check_zstd_level(zstd_level)
     samples = rig_samples()
     per_stream = rig_rate_bytes_per_s(samples)
     rig_mbps = sum(per_stream.values()) / 1e6
     with _one_core() as cpu:
         results = {
-            k: measure(samples, seconds=seconds, compression=k, foxglove=foxglove) for k in kinds
+            k: measure(
+                samples, seconds=seconds, compression=k, foxglove=foxglove, zstd_level=zstd_level
+            )
+            for k in kinds
         }
+        if compression == "all" and zstd_level != _MCAP_ZSTD_LEVEL:
+            results["zstd_mcap_default"] = measure(
+                samples,
+                seconds=seconds,
+                compression="zstd",
+                foxglove=foxglove,
+                zstd_level=_MCAP_ZSTD_LEVEL,
+            )
     out: dict[str, Any] = {
         "cpu": cpu,
         "rig_data_rate_MBps": round(rig_mbps, 2),

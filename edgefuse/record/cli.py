@@ -25,6 +25,9 @@ def register(sub: Any) -> None:
     rec.add_argument("--keys", help="CURVE keys folder (default: the pipeline's)")
     rec.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
     rec.add_argument("--compression", choices=["zstd", "lz4", "none"], default="zstd")
+    rec.add_argument(
+        "--zstd-level", type=int, default=1, help="-7 fastest .. 22 smallest (rosbag2's 1)"
+    )
     rec.add_argument("--chunk-s", type=float, default=1.0, help="close a chunk at least this often")
     rec.add_argument("--chunk-mb", type=float, default=4.0)
     rec.add_argument("--split-mb", type=float, default=0.0, help="new numbered file every N MB")
@@ -56,6 +59,7 @@ def _cmd_record(args: argparse.Namespace) -> int:
         {
             "out": args.out,
             "compression": args.compression,
+            "zstd_level": args.zstd_level,
             "chunk_s": args.chunk_s,
             "chunk_mb": args.chunk_mb,
             "split_mb": args.split_mb,

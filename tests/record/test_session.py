@@ -359,3 +359,54 @@ def test_messages_stream_chunk_by_chunk(tmp_path: Path, monkeypatch: pytest.Monk
     assert times == sorted(times) and len(times) == 400
     # Equal log times keep file order: the camera message before the audio one.
     assert [m.topic for m in [first, *rest][:2]] == ["camera/image", "mic/audio"]
+
+
+def _chunk_levels(path: Path) -> list[set[int]]:
+    """For each chunk of ``path``, the zstd levels that give its bytes when its data are
+    recompressed (zstd is deterministic per level; neighbouring levels may coincide)."""
+    import zstandard
+    from mcap.records import Chunk
+    from mcap.stream_reader import StreamReader
+
+    levels = []
+    with open(path, "rb") as f:
+        for record in StreamReader(f, emit_chunks=True).records:
+            if isinstance(record, Chunk):
+                assert record.compression == "zstd"
+                raw = zstandard.ZstdDecompressor().decompress(
+                    record.data, max_output_size=record.uncompressed_size
+                )
+                levels.append(
+                    {lv for lv in range(1, 20) if zstandard.compress(raw, lv) == record.data}
+                )
+    return levels
+
+
+def test_zstd_level_is_applied_per_writer_and_reads_back_the_same(tmp_path: Path) -> None:
+    write_session(tmp_path / "fast.mcap", n=60, compression="zstd", zstd_level=1)
+    write_session(tmp_path / "small.mcap", n=60, compression="zstd", zstd_level=19)
+    fast, small = _chunk_levels(tmp_path / "fast.mcap"), _chunk_levels(tmp_path / "small.mcap")
+    assert fast and all(1 in lv and 3 not in lv for lv in fast), fast
+    assert small and all(19 in lv and 3 not in lv for lv in small), small
+    with SessionReader(tmp_path / "fast.mcap") as a, SessionReader(tmp_path / "small.mcap") as b:
+        got_a = [(m.topic, m.header, [x.tobytes() for x in m.arrays]) for m in a.messages()]
+        got_b = [(m.topic, m.header, [x.tobytes() for x in m.arrays]) for m in b.messages()]
+    assert got_a == got_b and len(got_a) == 60
+    # A plain mcap Writer in the same process keeps mcap's own level (3).
+    with open(tmp_path / "plain.mcap", "wb") as f:
+        from mcap.writer import CompressionType
+
+        w = Writer(f, compression=CompressionType.ZSTD)
+        w.start()
+        cid = w.register_channel("t", "raw", 0)
+        w.add_message(cid, 1, b"x" * 5000 + bytes(range(256)) * 10, 1)
+        w.finish()
+    (plain,) = _chunk_levels(tmp_path / "plain.mcap")
+    assert 3 in plain and 1 not in plain and 19 not in plain, plain
+
+
+@pytest.mark.parametrize("level", [23, -8, 1.5, True])
+def test_bad_zstd_level_is_refused(tmp_path: Path, level: Any) -> None:
+    with pytest.raises(ValueError, match="zstd_level"):
+        SessionWriter(tmp_path / "x.mcap", compression="zstd", zstd_level=level)
+    assert not (tmp_path / "x.mcap").exists()

@@ -221,11 +221,11 @@ class Preprocessor:
         cal = self._depth_cal
         assert cal is not None
         pts = pts + cal.T[:3, 3].astype(np.float32)
-        above = pts[:, 2] >= GROUND_Z_M
+        cells = _BevCells(self.spec, pts)
         grid = np.zeros((3, *self.spec.bev_shape), np.float32)
-        grid[0] = np.log1p(self._count(pts[above]))
-        grid[1] = self._max_height(pts[above])
-        grid[2] = np.log1p(self._count(pts[~above]))
+        grid[0] = np.log1p(cells.count_above)
+        grid[1] = cells.max_height_above(self.spec.height_scale_m)
+        grid[2] = np.log1p(cells.count_below)
         return grid
 
     def lidar(self, points: np.ndarray) -> np.ndarray:
@@ -236,15 +236,14 @@ class Preprocessor:
         xyz = points[:, :3].astype(np.float32) @ T[:3, :3].T + T[:3, 3]
         # Velodyne-style intensity is a byte (0..255).
         intensity = points[:, 3].astype(np.float32) / 255.0
-        above = xyz[:, 2] >= GROUND_Z_M
+        cells = _BevCells(self.spec, xyz)
         grid = np.zeros((4, *self.spec.bev_shape), np.float32)
-        n = self._count(xyz[above])
+        n = cells.count_above
         grid[0] = np.log1p(n)
-        grid[1] = self._max_height(xyz[above])
-        idx, keep = self._cells(xyz[above])
-        total = np.bincount(idx, weights=intensity[above][keep], minlength=n.size).reshape(n.shape)
+        grid[1] = cells.max_height_above(self.spec.height_scale_m)
+        total = cells.sum_above(intensity)
         grid[2] = np.where(n > 0, total / np.maximum(n, 1), 0.0)
-        grid[3] = np.log1p(self._count(xyz[~above]))
+        grid[3] = np.log1p(cells.count_below)
         return grid
 
     def audio(self, window: np.ndarray) -> np.ndarray:
@@ -274,26 +273,6 @@ class Preprocessor:
         return out
 
     # --- helpers --------------------------------------------------------------------------
-    def _cells(self, xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        sp = self.spec
-        rows, cols = sp.bev_shape
-        i = np.floor((xyz[:, 0] - sp.bev_x_m[0]) / sp.bev_cell_m).astype(np.int64)
-        j = np.floor((xyz[:, 1] - sp.bev_y_m[0]) / sp.bev_cell_m).astype(np.int64)
-        keep = (i >= 0) & (i < rows) & (j >= 0) & (j < cols)
-        return i[keep] * cols + j[keep], keep
-
-    def _count(self, xyz: np.ndarray) -> np.ndarray:
-        idx, _ = self._cells(xyz)
-        shape = self.spec.bev_shape
-        return np.bincount(idx, minlength=shape[0] * shape[1]).reshape(shape).astype(np.float32)
-
-    def _max_height(self, xyz: np.ndarray) -> np.ndarray:
-        idx, keep = self._cells(xyz)
-        shape = self.spec.bev_shape
-        top = np.zeros(shape[0] * shape[1], np.float32)
-        np.maximum.at(top, idx, np.clip(xyz[keep, 2], 0.0, None) / self.spec.height_scale_m)
-        return top.reshape(shape)
-
     def _rays(self, shape: tuple[int, ...]) -> np.ndarray:
         # Unit-depth rays of the sampled pixels, rotated into base_link (cached per image size).
         if self._depth_rays is not None and self._depth_rays_shape == shape:
@@ -317,3 +296,38 @@ class Preprocessor:
         self._depth_rays_shape = shape
         self._depth_cal = cal
         return self._depth_rays
+
+
+class _BevCells:
+    """The BEV cell of each point, computed once per cloud: point counts above and below
+    :data:`GROUND_Z_M`, the highest point and per-cell sums above it (the depth and lidar
+    grids used to bin the same points three or four times)."""
+
+    __slots__ = ("_above", "_idx", "_keep", "_size", "count_above", "count_below", "shape", "z")
+
+    def __init__(self, spec: FeatureSpec, xyz: np.ndarray) -> None:
+        rows, cols = self.shape = spec.bev_shape
+        i = np.floor((xyz[:, 0] - spec.bev_x_m[0]) / spec.bev_cell_m).astype(np.int64)
+        j = np.floor((xyz[:, 1] - spec.bev_y_m[0]) / spec.bev_cell_m).astype(np.int64)
+        self._keep = (i >= 0) & (i < rows) & (j >= 0) & (j < cols)
+        idx = i[self._keep] * cols + j[self._keep]
+        self.z = xyz[self._keep, 2]
+        self._above = self.z >= GROUND_Z_M
+        self._idx = idx[self._above]
+        self._size = rows * cols
+        self.count_above = self._bincount(self._idx)
+        self.count_below = self._bincount(idx[~self._above])
+
+    def _bincount(self, idx: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        out = np.bincount(idx, weights=weights, minlength=self._size).reshape(self.shape)
+        return out if weights is not None else out.astype(np.float32)
+
+    def max_height_above(self, height_scale_m: float) -> np.ndarray:
+        """Per cell, the highest point above the ground over ``height_scale_m`` (0: none)."""
+        top = np.zeros(self._size, np.float32)
+        np.maximum.at(top, self._idx, np.clip(self.z[self._above], 0.0, None) / height_scale_m)
+        return top.reshape(self.shape)
+
+    def sum_above(self, values: np.ndarray) -> np.ndarray:
+        """Per cell, the sum of ``values`` (one per input point) over the points above."""
+        return self._bincount(self._idx, values[self._keep][self._above])

@@ -474,16 +474,30 @@ def _die_with_parent(parent_pid: int) -> None:
         sys.exit(0)  # the launcher is already gone
 
 
+def _renice(name: str, nice: int) -> None:
+    # A negative niceness (ahead of the other processes) needs CAP_SYS_NICE or RLIMIT_NICE; a
+    # node that may not have it still runs, at the priority it was started with.
+    try:
+        os.nice(nice)
+    except PermissionError:
+        logging.getLogger(__name__).warning(
+            "%s: nice %d needs root, CAP_SYS_NICE or a 'nice' limit in "
+            "/etc/security/limits.conf; running at the launcher's priority",
+            name,
+            nice,
+        )
+
+
 def main() -> int:
     """Entry point of a node process (``python -m edgefuse.node``)."""
     spec = NodeSpec.from_json(os.environ["EDGEFUSE_NODE_SPEC"])
-    if spec.nice:
-        os.nice(spec.nice)
     logging.basicConfig(
         level=os.environ.get("EDGEFUSE_LOG_LEVEL", "INFO"),
         format=f"%(asctime)s {spec.name} %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
     )
+    if spec.nice:
+        _renice(spec.name, spec.nice)
     _die_with_parent(spec.parent_pid)
     from edgefuse import config
 

@@ -72,14 +72,18 @@ class NodeConfig:
     inputs: dict[str, str] = field(default_factory=dict)
     #: Restart policy: ``on-failure`` (non-zero exit), ``always``, ``never``.
     restart: Literal["on-failure", "always", "never"] = "on-failure"
-    #: Scheduling niceness added to the node's process (0..19, like ``nice -n``): a node that
+    #: Scheduling niceness added to the node's process (-20..19, like ``nice -n``): a node that
     #: may wait (a scorer, a recorder with a deep queue) leaves the CPU to the ones on the
-    #: latency path when the machine is full.
+    #: latency path when the machine is full (positive); a node on the latency path goes
+    #: ahead of the rest (negative: needs root or CAP_SYS_NICE, else it runs at 0 with a
+    #: warning, as ROS 2 nodes asking for real-time priority do).
     nice: int = 0
 
     def __post_init__(self) -> None:
-        if not 0 <= self.nice <= 19:
-            raise ValueError(f"nice must be in 0..19, got {self.nice}")
+        if isinstance(self.nice, bool) or not isinstance(self.nice, int):
+            raise ValueError(f"nice must be an integer in -20..19, got {self.nice!r}")
+        if not -20 <= self.nice <= 19:
+            raise ValueError(f"nice must be in -20..19, got {self.nice}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -270,6 +270,44 @@ def test_a_node_runs_at_the_niceness_its_pipeline_gives_it(tmp_path: Path) -> No
     launch(tmp_path, f"name: nicetest\nnodes:\n  probe: {probe}\n", 1.5)
     assert json.loads(out.read_text())["nice"] == min(19, base + 7)
     bad = tmp_path / "bad.yaml"
-    bad.write_text("nodes:\n  probe: {type: 'tests.nodes:EnvProbe', nice: 25}\n")
-    with pytest.raises(ConfigError, match="nice"):
-        load_pipeline(bad)
+    for value in ("25", "-21", "1.5", "high"):
+        bad.write_text(f"nodes:\n  probe: {{type: 'tests.nodes:EnvProbe', nice: {value}}}\n")
+        with pytest.raises(ConfigError, match="nice"):
+            load_pipeline(bad)
+
+
+def _may_raise_priority() -> bool:
+    try:
+        with open("/proc/self/status") as f:
+            caps = next(line for line in f if line.startswith("CapEff:"))
+        return bool(int(caps.split()[1], 16) & (1 << 23))  # CAP_SYS_NICE
+    except (OSError, StopIteration):
+        return False
+
+
+@pytest.mark.skipif(not _may_raise_priority(), reason="needs CAP_SYS_NICE (root) to go below 0")
+def test_a_node_on_the_latency_path_runs_ahead_with_a_negative_niceness(tmp_path: Path) -> None:
+    out = tmp_path / "env.json"
+    base = os.nice(0)
+    probe = f"{{type: 'tests.nodes:EnvProbe', params: {{path: '{out}'}}, nice: -3}}"
+    launch(tmp_path, f"name: nicetest\nnodes:\n  probe: {probe}\n", 1.5)
+    assert json.loads(out.read_text())["nice"] == max(-20, base - 3)
+
+
+def test_a_negative_niceness_without_the_right_runs_the_node_anyway() -> None:
+    # An unprivileged process (as root: one that gave up root first) asks for nice -5.
+    code = (
+        "import logging, os, sys\n"
+        "from edgefuse.node import _renice\n"
+        "if os.geteuid() == 0:\n"
+        "    os.setgid(65534); os.setuid(65534)\n"
+        "logging.basicConfig(stream=sys.stdout, format='%(levelname)s %(message)s')\n"
+        "before = os.nice(0)\n"
+        "_renice('probe', -5)\n"
+        "print('nice', before, os.nice(0))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "WARNING probe: nice -5 needs root, CAP_SYS_NICE" in r.stdout
+    before, after = r.stdout.split("nice ")[-1].split()
+    assert before == after

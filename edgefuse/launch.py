@@ -42,11 +42,15 @@ BACKOFF_MAX_S = 10.0
 HEALTHY_AFTER_S = 10.0
 
 
-#: Thread-pool sizes given to node processes unless the environment sets them.
+#: Thread-pool sizes given to node processes unless the environment sets them: one thread
+#: each (BLAS, OpenMP, OpenCV's parallel_for), so that a node never waits on a pool thread
+#: that another process holds the other core from (on 2 cores, OpenCV's 2-thread remap took
+#: 20 % more CPU and twice the p99 time of one thread, the machine busy).
 NODE_THREAD_ENV = {
     "OMP_NUM_THREADS": "1",
     "OPENBLAS_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
+    "OPENCV_FOR_THREADS_NUM": "1",
 }
 
 

@@ -33,6 +33,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -515,7 +516,18 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    return runner.run()
+    profile_dir = os.environ.get("EDGEFUSE_PROFILE_DIR")
+    if not profile_dir:
+        return runner.run()
+    # Where a node's CPU goes, live: pstats files per node (python -m pstats DIR/NODE.prof).
+    import cProfile
+
+    profiler = cProfile.Profile()
+    try:
+        return profiler.runcall(runner.run)
+    finally:
+        Path(profile_dir).mkdir(parents=True, exist_ok=True)
+        profiler.dump_stats(str(Path(profile_dir) / f"{spec.name}.prof"))
 
 
 if __name__ == "__main__":

@@ -255,7 +255,12 @@ class EnvProbe(Node):
         import json
         import os
 
-        env: dict[str, object] = {k: v for k, v in os.environ.items() if k.endswith("_NUM_THREADS")}
+        import cv2
+
+        env: dict[str, object] = {
+            k: v for k, v in os.environ.items() if k.endswith(("_NUM_THREADS", "_THREADS_NUM"))
+        }
+        env["cv2_threads"] = cv2.getNumThreads()
         env["nice"] = os.nice(0)  # the process's niceness, as the launcher left it
         with open(self.params.path, "w") as f:
             f.write(json.dumps(env))

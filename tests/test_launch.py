@@ -250,9 +250,10 @@ def test_cli_reports_config_errors_with_exit_code_2(tmp_path: Path) -> None:
 def test_node_processes_get_single_thread_pools_unless_the_user_sets_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """numpy's BLAS and OpenMP pools spin one thread per core in every node otherwise."""
+    """numpy's BLAS, OpenMP and OpenCV pools run one thread per core in every node otherwise."""
     monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
     monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    monkeypatch.delenv("OPENCV_FOR_THREADS_NUM", raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's choice wins
     out = tmp_path / "env.json"
     probe = f"{{type: 'tests.nodes:EnvProbe', params: {{path: '{out}'}}}}"
@@ -260,6 +261,7 @@ def test_node_processes_get_single_thread_pools_unless_the_user_sets_them(
     launch(tmp_path, text, 1.5)
     env = json.loads(out.read_text())
     assert env["OPENBLAS_NUM_THREADS"] == "1" and env["MKL_NUM_THREADS"] == "1"
+    assert env["OPENCV_FOR_THREADS_NUM"] == "1" and env["cv2_threads"] == 1
     assert env["OMP_NUM_THREADS"] == "2"
 
 

@@ -57,7 +57,13 @@ DEFAULT_THREADS = 2
 #: The input session: scenario, seed and seconds of the simulated rig.
 SESSION = ("day", 0, 3.0)
 GOAL_ONNXRUNTIME_NETWORK_MS = 10.0
-_THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+_THREAD_ENV = (
+    "OMP_NUM_THREADS",
+    "OMP_WAIT_POLICY",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENCV_FOR_THREADS_NUM",
+)
 GOAL_SPEEDUP = 2.0
 
 #: Network inputs by name -> (heatmap, boxes), batch 1.

@@ -46,6 +46,8 @@ from edgefuse.sync.policies import (
 
 PolicyName = Literal["nearest", "interpolate", "window", "sweep"]
 ClockKind = Literal["sensor", "host", "given"]
+#: ``sweep`` with ``select: sector`` when ``max_ahead_ms`` is not given.
+_SECTOR_MAX_AHEAD_NS = 50_000_000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,8 +85,11 @@ class StreamConfig:
     #: ``sweep`` with ``select: sector``: the direction that matters, degrees in the lidar
     #: frame (from x towards y; 0 = forward).
     sector_azimuth_deg: float = 0.0
-    #: ``sweep`` with ``select: sector``: how long after the set time the lidar may look there.
-    max_ahead_ms: float = 50.0
+    #: How long after the set time the member may be (ms): ``sweep`` with ``select: sector``,
+    #: when the lidar may look there (default 50); ``nearest``, the latest frame it may take
+    #: (default: no bound; 0: never one from after the set time, so a stream slower to
+    #: arrive than the reference does not hold the set for it).
+    max_ahead_ms: float | None = None
     #: The longest this stream may hold a set (ms after the set time); at that deadline it
     #: joins with what it has. None: the aligner's ``max_wait``. A dropped depth frame or lidar
     #: sweep then costs this stream's wait, not the whole set's.
@@ -103,8 +108,15 @@ class StreamConfig:
             raise ValueError(f"min_fraction must be in (0, 1], got {self.min_fraction}")
         if self.sweeps < 1:
             raise ValueError(f"sweeps must be >= 1, got {self.sweeps}")
-        if self.max_ahead_ms < 0:
+        if self.max_ahead_ms is not None and self.max_ahead_ms < 0:
             raise ValueError(f"max_ahead_ms must be >= 0, got {self.max_ahead_ms}")
+        if self.max_ahead_ms is not None and not (
+            self.policy == "nearest" or (self.policy == "sweep" and self.select == "sector")
+        ):
+            raise ValueError(
+                "max_ahead_ms applies to policy nearest and to sweep with select: sector, "
+                f"not to {self.policy}" + (f" ({self.select})" if self.policy == "sweep" else "")
+            )
         if self.max_wait_ms is not None and self.max_wait_ms <= 0:
             raise ValueError(f"max_wait_ms must be > 0, got {self.max_wait_ms}")
 
@@ -120,8 +132,9 @@ class StreamConfig:
     def make_policy(self, stream: str) -> StreamPolicy:
         """The policy object for ``stream``."""
         tol = round(self.tolerance_ms * 1e6)
+        ahead_ns = None if self.max_ahead_ms is None else round(self.max_ahead_ms * 1e6)
         if self.policy == "nearest":
-            return Nearest(stream, tolerance_ns=tol)
+            return Nearest(stream, tolerance_ns=tol, max_ahead_ns=ahead_ns)
         if self.policy == "interpolate":
             return Interpolate(stream, max_gap_ns=tol)
         if self.policy == "window":
@@ -134,7 +147,7 @@ class StreamConfig:
             sweeps=self.sweeps,
             select=self.select,
             sector_azimuth_deg=self.sector_azimuth_deg,
-            max_ahead_ns=round(self.max_ahead_ms * 1e6),
+            max_ahead_ns=_SECTOR_MAX_AHEAD_NS if ahead_ns is None else ahead_ns,
         )
 
 

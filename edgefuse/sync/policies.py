@@ -140,14 +140,29 @@ class Nearest(_Buffered):
     is so close before it that the next one could not be nearer: frames come no closer
     together than the smallest spacing of the recent ones, so a frame 5 ms before the set
     time of a 30 Hz stream is the answer without waiting 28 ms for the one after (the same
-    answer, without the wait)."""
+    answer, without the wait).
+
+    ``max_ahead_ns`` bounds how far after the set time the member may be (None: no bound):
+    a stream slower to arrive than the reference then never holds the set for a frame
+    captured after it (0: the newest frame at or before the set time), at the price of a
+    member up to one period older."""
 
     #: Recent spacings kept to bound how soon the next message can come.
     _GAPS = 16
 
-    def __init__(self, stream: str, *, tolerance_ns: int, max_items: int = 1024) -> None:
+    def __init__(
+        self,
+        stream: str,
+        *,
+        tolerance_ns: int,
+        max_ahead_ns: int | None = None,
+        max_items: int = 1024,
+    ) -> None:
         super().__init__(stream, max_items=max_items)
+        if max_ahead_ns is not None and max_ahead_ns < 0:
+            raise ValueError(f"max_ahead must be >= 0, got {max_ahead_ns / 1e6:g} ms")
         self.tolerance_ns = tolerance_ns
+        self.max_ahead_ns = max_ahead_ns
         self._gaps_ns: deque[int] = deque(maxlen=self._GAPS)
         #: The smallest of them once there are enough (None before).
         self._min_gap_ns: int | None = None
@@ -166,7 +181,10 @@ class Nearest(_Buffered):
             return False
         # A spacing <= 0 (a clock reset, a repeated stamp) makes this never true: then wait.
         newest = self.items[-1].t_ns
-        return t_ns - newest <= newest + self._min_gap_ns - t_ns
+        nxt = newest + self._min_gap_ns
+        if self.max_ahead_ns is not None and nxt > t_ns + self.max_ahead_ns:
+            return True  # the next frame could not be a member: no use waiting for it
+        return t_ns - newest <= nxt - t_ns
 
     def reach_ns(self) -> int:
         return self.tolerance_ns
@@ -179,6 +197,8 @@ class Nearest(_Buffered):
         for it in self.items:
             if it.t_host_ns > deadline_ns:
                 break  # arrivals are in order: everything after came too late as well
+            if self.max_ahead_ns is not None and it.t_ns - t_ns > self.max_ahead_ns:
+                break  # stamps increase: the rest are later still
             dist = abs(it.t_ns - t_ns)
             if dist <= self.tolerance_ns and (best is None or dist < best_dist):
                 best, best_dist = it, dist

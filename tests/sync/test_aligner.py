@@ -96,6 +96,44 @@ def test_nearest_settles_without_waiting_when_the_next_frame_cannot_be_nearer() 
     assert len(out) == 1 and out[0].members["depth"].info["seq"] == 11
 
 
+def test_nearest_max_ahead_never_holds_the_set_for_a_frame_after_it() -> None:
+    def aligner(max_ahead_ms: float | None) -> Aligner:
+        depth = host(policy="nearest", tolerance_ms=34, max_ahead_ms=max_ahead_ms)
+        return Aligner({"camera": host(), "depth": depth}, reference="camera", max_wait_ns=S)
+
+    bounded, free = aligner(2.0), aligner(None)
+    for a in (bounded, free):  # depth every 33 ms up to 1.327 s (ten spacings known)
+        for i in range(11):
+            assert a.push("depth", msg("depth", i, S - 3 * MS + i * 33 * MS)) == []
+    # A camera frame 28 ms after the newest depth: the next (1.360 s) would be 5 ms away, the
+    # nearest, but 5 ms after the frame. Unbounded, the set waits for it; with max_ahead 2 ms
+    # the newest one is the member at once (28 ms old).
+    assert free.push("camera", msg("camera", 0, S + 355 * MS)) == []
+    (now,) = bounded.push("camera", msg("camera", 0, S + 355 * MS))
+    assert now.members["depth"].info["seq"] == 10 and now.members["depth"].skew_ns == -28 * MS
+    (later,) = free.push("depth", msg("depth", 11, S + 360 * MS))
+    assert later.members["depth"].info["seq"] == 11
+    # A frame within the bound (1.5 ms after the set time) is still taken, and waited for.
+    assert bounded.push("depth", msg("depth", 11, S + 360 * MS)) == []
+    assert bounded.push("camera", msg("camera", 1, S + 391 * MS + MS // 2)) == []
+    (within,) = bounded.push("depth", msg("depth", 12, S + 393 * MS))
+    assert within.members["depth"].info["seq"] == 12 and within.members["depth"].skew_ns == 1.5 * MS
+    # With nothing at or before the set time within tolerance, the stream is missing, not late.
+    lone = aligner(0.0)
+    assert lone.push("depth", msg("depth", 0, S + 10 * MS)) == []
+    (s,) = lone.push("camera", msg("camera", 0, S)) + lone.flush()
+    assert not s.members["depth"].present
+
+
+def test_max_ahead_is_refused_where_it_means_nothing() -> None:
+    with pytest.raises(ValueError, match="max_ahead_ms applies to"):
+        StreamConfig(policy="window", max_ahead_ms=5)
+    with pytest.raises(ValueError, match=r"not to sweep \(covering\)"):
+        StreamConfig(policy="sweep", max_ahead_ms=5)
+    with pytest.raises(ValueError, match="max_ahead_ms must be >= 0"):
+        StreamConfig(policy="nearest", max_ahead_ms=-1)
+
+
 def test_a_set_is_emitted_as_soon_as_it_is_settled_not_at_the_deadline() -> None:
     a = Aligner(
         {"camera": host(), "depth": host(policy="nearest", tolerance_ms=10)},

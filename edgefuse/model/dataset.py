@@ -13,6 +13,7 @@ together in memory and serves float32 tensors.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Iterator, Sequence
@@ -48,6 +49,21 @@ def rig_of_session(reader: SessionReader) -> RigCalibration:
     raise DatasetError(f"{reader.path}: no calibration/*.yaml attachment (which rig recorded it?)")
 
 
+def with_labels_required(aligner: OfflineAligner) -> OfflineAligner:
+    """``aligner`` with its ``truth`` stream required. Live, the labels join a set only when
+    they happen to be there (they are not on the detection path, and a set that completes
+    early leaves without them); offline nothing is lost by waiting for them, and a set
+    without labels would be thrown away. Sets are what :func:`build_shard` labels."""
+    streams = aligner.params.streams
+    cfg = streams.get("truth")
+    if cfg is None or cfg.required or "truth" not in aligner.topics.values():
+        return aligner
+    params = dataclasses.replace(
+        aligner.params, streams={**streams, "truth": dataclasses.replace(cfg, required=True)}
+    )
+    return dataclasses.replace(aligner, params=params)
+
+
 def build_shard(
     session: str | Path,
     out: str | Path,
@@ -68,6 +84,7 @@ def build_shard(
     }
     counts, t_ns = [], []
     sets = kept = unlabelled = 0
+    aligner = with_labels_required(aligner)
     with SessionReader(session) as reader:
         rig = rig_of_session(reader)
         meta = reader.metadata()

@@ -18,7 +18,13 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
 from edgefuse.calib.model import find_calibration, load_calibration  # noqa: E402
-from edgefuse.model.dataset import DatasetError, Frames, build_shard, shard_info  # noqa: E402
+from edgefuse.model.dataset import (  # noqa: E402
+    DatasetError,
+    Frames,
+    build_shard,
+    shard_info,
+    with_labels_required,
+)
 from edgefuse.model.evaluate import (  # noqa: E402
     detect,
     onnx_predictor,
@@ -68,7 +74,7 @@ def test_shard_holds_the_sets_inputs_and_truth(session: Path, shard: Path) -> No
     assert info["scenario"] == "night" and info["kept"] > 5
     frames = Frames.load([shard], spec=SMALL.spec)
     assert len(frames) == info["kept"]
-    aligner = aligner_from_pipeline(REPO / "pipelines/sim.yaml")
+    aligner = with_labels_required(aligner_from_pipeline(REPO / "pipelines/sim.yaml"))
     with SessionReader(session) as r:
         sets = list(align_messages(r.messages(), aligner))
     t0 = sets[0].t_ns

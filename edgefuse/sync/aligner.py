@@ -419,12 +419,15 @@ class Aligner:
         self._late_since_last = 0
         self.counters["sets"] += 1
         absent = frozenset(name for name, m in members.items() if not m.present)
-        if absent:
+        for name in absent:
+            self.counters[f"missing.{name}"] += 1
+        # A stream that is not required joins when it happens to be there: a set without it
+        # is not partial, and its message coming after the set is not late (both by design).
+        absent_required = [name for name in absent if self.streams[name].config.required]
+        if absent_required:
             self.counters["partial"] += 1
-            for name in absent:
-                self.counters[f"missing.{name}"] += 1
         if s.timed_out:
             self.counters["timed_out"] += 1
-        for name in absent:
+        for name in absent_required:
             self._absent[name].append((t, p.deadline_of(self.streams[name])))
         return s

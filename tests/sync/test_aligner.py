@@ -472,6 +472,11 @@ def test_an_optional_stream_joins_when_there_and_never_holds_a_set() -> None:
     assert s.complete
     (s,) = a.push("camera", msg("camera", 1, 2 * S))
     assert s.missing == ["truth"]
+    # Its message after the set went out is neither late nor makes the set partial: counted
+    # as missing only (a required stream's would be both).
+    a.push("truth", msg("truth", 1, 2 * S + MS // 2))
+    c = a.counters
+    assert c["missing.truth"] == 1 and c["partial"] == 0 and c["late"] == 0
 
 
 # --- wire format ---------------------------------------------------------------------------

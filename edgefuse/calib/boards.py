@@ -168,7 +168,8 @@ def _glob(pattern: Path) -> list[Path]:
 def frames(source: str | Path, *, every: int = 1) -> Iterator[tuple[str, np.ndarray]]:
     """``(name, BGR image)`` of every image in a folder (or matching a glob such as
     ``calib/left*.jpg``), or of every ``every``-th frame of a video file (named
-    ``frame_000123``). A recorded topic or a live camera is not a source yet."""
+    ``frame_000123``). Recorded topics, live cameras and running pipelines are read by
+    :mod:`edgefuse.calib.sources`."""
     p = Path(source)
     if p.is_dir() or (not p.exists() and any(ch in str(source) for ch in "*?[")):
         files = list_images(p) if p.is_dir() else sorted(_glob(p), key=_numeric_key)
@@ -188,8 +189,8 @@ def frames(source: str | Path, *, every: int = 1) -> Iterator[tuple[str, np.ndar
         raise CalibrationError(f"{p}: no such folder or video file")
     if p.suffix.lower() not in VIDEO_EXTS:
         raise CalibrationError(
-            f"{p}: not a folder of images or a video ({', '.join(VIDEO_EXTS)}); recorded topics "
-            "and live cameras are not supported yet"
+            f"{p}: not a folder of images or a video ({', '.join(VIDEO_EXTS)}); for a recording "
+            "give SESSION.mcap --topic TOPIC, for a live camera its index, device or URL"
         )
     cap = cv2.VideoCapture(str(p))
     if not cap.isOpened():

@@ -44,7 +44,7 @@ from edgefuse.envelope import Header, Message, wire_dtype
 from edgefuse.errors import ConfigError, EdgefuseError
 from edgefuse.node import Node, NodeSpec
 from edgefuse.pipeline import Pipeline, ResolvedNode
-from edgefuse.record.replay import Selection, replay_messages
+from edgefuse.record.selection import Selection, replay_messages
 from edgefuse.record.session import SessionWriter
 
 log = logging.getLogger(__name__)

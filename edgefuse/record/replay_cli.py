@@ -28,14 +28,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from edgefuse.errors import ConfigError
-from edgefuse.record.replay import (
-    PlaybackClock,
-    ReplayNode,
-    ReplayParams,
-    Selection,
-    replay_messages,
-    select,
-)
+from edgefuse.record.playback import PlaybackClock
+from edgefuse.record.replay import ReplayNode, ReplayParams
+from edgefuse.record.selection import Selection, replay_messages, select
 
 _NODE_TYPE = "edgefuse.record.replay:ReplayNode"
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")

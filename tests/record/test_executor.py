@@ -17,8 +17,8 @@ from edgefuse.node import Node
 from edgefuse.pipeline import load_pipeline
 from edgefuse.record import SessionReader
 from edgefuse.record.executor import LosslessExecutor, plan
-from edgefuse.record.replay import select
 from edgefuse.record.replay_cli import main
+from edgefuse.record.selection import select
 from edgefuse.sim.generate import generate
 from edgefuse.sim.rig import SimParams
 from edgefuse.sync.offline import align_messages, aligner_from_pipeline

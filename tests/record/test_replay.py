@@ -24,15 +24,10 @@ from edgefuse.envelope import Header, Message
 from edgefuse.errors import ConfigError
 from edgefuse.node import Node
 from edgefuse.record import SessionError, SessionReader, SessionWriter
-from edgefuse.record.replay import (
-    PlaybackClock,
-    Prefetcher,
-    ReplayNode,
-    ReplayParams,
-    replay_messages,
-    select,
-)
+from edgefuse.record.playback import PlaybackClock, Prefetcher
+from edgefuse.record.replay import ReplayNode, ReplayParams
 from edgefuse.record.replay_cli import KeyboardControl, main
+from edgefuse.record.selection import replay_messages, select
 from edgefuse.sim.generate import generate
 from edgefuse.sim.rig import SimParams
 

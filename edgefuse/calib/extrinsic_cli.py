@@ -18,10 +18,10 @@ def add_extrinsic_actions(actions: Any) -> None:
             f"camera-{kind}",
             help=f"T_<camera>_optical_{kind} from a recorded session of a board in still poses",
             description=f"Board poses from the camera (PnP) and the board plane in the {kind} "
-            "(Open3D RANSAC, then the board's extent) over the still poses of a session; "
-            "solved in closed form from the planes, refined jointly, with a 1-sigma "
-            "uncertainty. Intrinsics and the initial guess come from --rig, else from the "
-            "calibration attached to the session.",
+            "(Open3D RANSAC, then the board's extent) over the still poses of a session, and "
+            "where its scan lines leave the board (its edges); solved in closed form from the "
+            "planes, refined jointly, with a 1-sigma uncertainty. Intrinsics and the initial "
+            "guess come from --rig, else from the calibration attached to the session.",
         )
         p.add_argument("session", help="recorded session (.mcap)")
         p.add_argument("--camera", default="camera", help="camera sensor (topic CAMERA/image)")
@@ -43,6 +43,11 @@ def add_extrinsic_actions(actions: Any) -> None:
             "--search-m", type=float, default=0.6, help="how far off the initial guess may be (m)"
         )
         p.add_argument("--min-poses", type=int, default=6, help="fewest poses accepted")
+        p.add_argument(
+            "--no-edges",
+            action="store_true",
+            help="planes only: leave out the board's edges (a frame or clamps around the board)",
+        )
         p.add_argument("--rig", help="rig file: intrinsics and initial guess; updated in place")
         p.add_argument("-o", "--out", help="write the updated rig here (default: --rig, or print)")
         p.add_argument("--overlay", metavar="FILE.png", help="save the projection overlay")
@@ -76,7 +81,10 @@ def _cmd_extrinsic(args: argparse.Namespace) -> int:
         dictionary=args.dict,
     )
     opts = ExtrinsicOptions(
-        margin_m=args.margin_m, search_m=args.search_m, min_poses=args.min_poses
+        margin_m=args.margin_m,
+        search_m=args.search_m,
+        min_poses=args.min_poses,
+        edges=not args.no_edges,
     )
     sensor = args.lidar if args.kind == "lidar" else args.depth
     result, rig, obs = calibrate_session(
@@ -120,6 +128,7 @@ def _cmd_extrinsic(args: argparse.Namespace) -> int:
                     "rejected": [[n, w] for n, w in result.rejected],
                     "reprojection_rms_px": result.reprojection_rms_px,
                     "range_rms_m": result.point_rms_m,
+                    "edge_points": sum(p.n_edge_points for p in result.poses),
                     "rotation_deg_from_identity": rotation_error_deg(T, np.eye(4)),
                 }
             )

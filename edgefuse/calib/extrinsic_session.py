@@ -4,10 +4,12 @@ Still poses are found in the camera stream: a frame is still when, at quarter re
 than 0.05 % of its pixels changed by more than 12 grey levels since the frame before (noise
 does not reach that; a board moving by a pixel does). A run of at least two still frames is one
 pose; the board is detected in its middle frame. The range sensor's messages that arrived
-(``t_host_ns``) between one sweep (or frame) after the run's first frame and its last frame
-were captured while the board was still; up to three of them are merged into the pose's
-points. Lidar points are used as recorded (``xyzit_f32``: x, y, z first), depth images
-(``z16``) are back-projected with the depth camera's intrinsics and ``meta.depth_scale_m``.
+(``t_host_ns``) between one sweep (or frame) after the run's first frame and one camera frame
+(at most 50 ms) before its last frame were captured while the board was still (the margin
+holds a range sensor with less latency than the camera's); the first eight sweeps or five
+depth frames of them are merged into the pose's points. Lidar points are used as recorded
+(``xyzit_f32``: x, y, z first), depth images (``z16``) are back-projected with the depth
+camera's intrinsics and ``meta.depth_scale_m``.
 
 Intrinsics and the initial guess come from ``rig`` (a rig file) or else from the calibration
 attached to the session; the result replaces the range sensor's ``T_base_link_<sensor>`` in
@@ -43,7 +45,9 @@ from edgefuse.record import SessionReader
 
 _STILL_LEVEL = 12
 _STILL_SHARE = 0.0005
-_MAX_FRAMES_PER_POSE = 3
+#: Range messages merged into one pose: every still sweep or frame lowers the plane's and the
+#: edges' noise; depth frames are whole images, so fewer of them.
+_MAX_FRAMES_PER_POSE = {"lidar": 8, "depth": 5}
 
 
 def session_rig(reader: SessionReader) -> RigCalibration | None:
@@ -156,7 +160,12 @@ def collect_observations(
                 )
             )
         span_ns = _frame_span_ns(reader, rng_topic, kind)
+        # A range sensor with less latency than the camera's sends a sweep captured after the
+        # board began to move before the camera's last still frame arrives: keep a margin of
+        # one camera frame, at most 50 ms (more than such latencies differ by).
+        frame_ns = min(_frame_span_ns(reader, cam_topic, "camera") * 2 // 3, 50_000_000)
         pts: dict[str, list[np.ndarray]] = {name: [] for name, _, _ in found}
+        most = _MAX_FRAMES_PER_POSE[kind]
         scale = 0.001
         depth_cam = rig.sensor(sensor).camera if kind == "depth" else None
         if kind == "depth" and depth_cam is None:
@@ -164,10 +173,7 @@ def collect_observations(
         for msg in reader.messages([rng_topic]):
             t_ns = msg.header.t_host_ns
             for name, r, _ in found:
-                if (
-                    r.first_ns + span_ns <= t_ns <= r.last_ns
-                    and len(pts[name]) < _MAX_FRAMES_PER_POSE
-                ):
+                if r.first_ns + span_ns <= t_ns <= r.last_ns - frame_ns and len(pts[name]) < most:
                     if kind == "lidar":
                         p = np.asarray(msg.arrays[0][:, :3], np.float64)
                     else:

@@ -1,7 +1,9 @@
 """``edgefuse calibrate intrinsics|stereo`` and ``edgefuse calib convert``.
 
-Sources are a folder of images or a video file; a recorded topic and a live camera (and the
-guided ``--live`` mode) are not supported yet. Results go to the edgefuse rig YAML (or
+Intrinsics sources are a folder of images, a video file, a recorded topic (``SESSION.mcap
+--topic camera/image``) or a live camera (``0``, ``/dev/video0``, ``rtsp://...``, a GStreamer
+pipeline); a live camera runs the guided mode (``--live``), which says what view to take next
+and calibrates once the coverage is sufficient. Results go to the edgefuse rig YAML (or
 ``--format ros|kalibr|opencv``); ``--rig FILE`` updates one sensor of an existing rig file
 (``calibration/<rig>.yaml``), keeping its pose and time offset.
 """
@@ -54,13 +56,38 @@ def add_calibrate_actions(actions: Any) -> None:
     """Add ``intrinsics`` and ``stereo`` to the ``calibrate`` verb's sub-parsers ``actions``."""
     intr = actions.add_parser(
         "intrinsics",
-        help="camera intrinsics from board views (folder of images or a video)",
-        description="Detect the board, calibrate, drop outlier views, report coverage. "
-        "Recorded topics and live cameras are not supported yet.",
+        help="camera intrinsics from board views (images, video, recorded topic, live camera)",
+        description="Detect the board, calibrate, drop outlier views, report coverage. From a "
+        "recorded topic or a live camera only still, sharp views that add coverage are kept; "
+        "a live camera (or --live) runs the guided mode: it says what view to take next, shows "
+        "X/Y/Size/Tilt bars and calibrates when the coverage is sufficient (or on Ctrl-C, "
+        "--max-views, or the end of the source).",
     )
-    intr.add_argument("source", help="folder of images, or a video file")
+    intr.add_argument(
+        "source",
+        help="folder of images (or a glob), video file, session .mcap (see --topic), a live "
+        "camera: device index (0), /dev/videoN, rtsp:// or http:// URL, GStreamer pipeline, "
+        "or pipeline:TOPIC (a running edgefuse pipeline's camera topic)",
+    )
     _board_args(intr)
-    intr.add_argument("--every", type=int, default=1, help="use every N-th video frame")
+    intr.add_argument(
+        "--every", type=int, default=1, help="use every N-th frame of a video or recorded topic"
+    )
+    intr.add_argument(
+        "--topic", help="image topic of a recorded session (default: its only image topic)"
+    )
+    intr.add_argument(
+        "--live",
+        action="store_true",
+        help="guided mode (automatic for a live camera; with a video or session: replay it "
+        "through the guide)",
+    )
+    intr.add_argument(
+        "--max-views", type=int, help="recorded topic / live: calibrate once this many are kept"
+    )
+    intr.add_argument(
+        "--show", action="store_true", help="live: show the annotated frames (needs a display)"
+    )
     intr.add_argument("--no-reject", action="store_true", help="keep outlier views")
     intr.add_argument("--plot", metavar="FILE.png", help="save the annotated coverage picture")
     intr.add_argument("--sensor", default="camera", help="sensor name in the rig")
@@ -170,26 +197,54 @@ def _into_rig(args: argparse.Namespace, cameras: dict[str, Any]) -> Any:
     return replace(rig, sensors=sensors)
 
 
+def _intrinsics_result(args: argparse.Namespace, board: Any) -> tuple[Any, Any, Any]:
+    """Detect and fit: ``(result, detections, collected or None)``. Folders and videos use
+    every frame with the board; recorded topics and live cameras go through
+    :func:`~edgefuse.calib.collect.collect_views`."""
+    from edgefuse.calib.collect import collect_views
+    from edgefuse.calib.intrinsics import calibrate_detections, calibrate_intrinsics
+    from edgefuse.calib.sources import FileFrames, open_source, source_kind
+
+    if args.every < 1:
+        raise EdgefuseError(f"--every must be >= 1, got {args.every}")
+    if args.max_views is not None and args.max_views < args.min_views:
+        raise EdgefuseError(
+            f"--max-views {args.max_views} is below --min-views {args.min_views}: raise it"
+        )
+    kind = source_kind(args.source, args.topic)
+    fit = {"reject": not args.no_reject, "min_views": args.min_views, "fix_k3": args.fix_k3}
+    with open_source(args.source, topic=args.topic, every=args.every, live=args.live) as src:
+        if isinstance(src, FileFrames):  # every frame with the board, as before
+            result, det = calibrate_intrinsics(
+                args.source, board, args.model, every=args.every, **fit
+            )
+            return result, det, None
+        col = collect_views(
+            src,
+            board,
+            guided=args.live or kind in ("live", "pipeline"),
+            show=args.show,
+            max_views=args.max_views,
+            min_views=args.min_views,
+        )
+    print(col.summary(), file=sys.stderr)
+    context = (
+        f"{len(col.detections.views)} still, sharp, distinct views of the board in "
+        f"{col.frames} frames"
+    )
+    result = calibrate_detections(col.detections, args.model, context=context, **fit)
+    return result, col.detections, col
+
+
 def _cmd_intrinsics(args: argparse.Namespace) -> int:
     import cv2
     import numpy as np
 
     from edgefuse.calib.coverage import coverage_picture
-    from edgefuse.calib.intrinsics import calibrate_intrinsics
     from edgefuse.calib.model import SensorCalibration, matrix4
 
     board = _board(args)
-    if args.every < 1:
-        raise EdgefuseError(f"--every must be >= 1, got {args.every}")
-    result, det = calibrate_intrinsics(
-        args.source,
-        board,
-        args.model,
-        every=args.every,
-        reject=not args.no_reject,
-        min_views=args.min_views,
-        fix_k3=args.fix_k3,
-    )
+    result, det, col = _intrinsics_result(args, board)
     sensor = SensorCalibration(
         frame_id=f"{args.sensor}_optical",
         T_base_link_sensor=matrix4(np.eye(4)),
@@ -225,6 +280,11 @@ def _cmd_intrinsics(args: argparse.Namespace) -> int:
                     "rejected": [n for n, _ in result.rejected],
                     "no_board": result.no_board,
                     "hints": result.coverage.hints if result.coverage else [],
+                    **(
+                        {"frames": col.frames, "skipped": col.skipped, "stopped": col.stopped}
+                        if col is not None
+                        else {}
+                    ),
                 }
             )
         )

@@ -66,14 +66,22 @@ _COL_WORDS = ("left", "", "right")
 
 
 def _region(r: int, c: int) -> str:
-    rr = min(2, r * 3 // GRID_ROWS)
-    cc = min(2, c * 3 // GRID_COLS)
+    """Words for grid cell (r, c): the outermost rows and columns are the image's edges, the
+    cells where they meet its corners, the rest its centre."""
+    rr = 0 if r == 0 else 2 if r == GRID_ROWS - 1 else 1
+    cc = 0 if c == 0 else 2 if c == GRID_COLS - 1 else 1
     words = [w for w in (_ROW_WORDS[rr], _COL_WORDS[cc]) if w]
     if not words:
         return "the centre"
     if len(words) == 2:
         return f"the {'-'.join(words)} corner"
     return f"the {words[0]} edge"
+
+
+def region(r: int, c: int) -> str:
+    """Words for coverage-grid cell (r, c): ``the top-left corner``, ``the left edge``,
+    ``the centre``."""
+    return _region(r, c)
 
 
 def tilts(rvec: np.ndarray) -> tuple[float, float]:

@@ -218,6 +218,26 @@ def calibrate_views(
     )
 
 
+def calibrate_detections(
+    det: Detections,
+    model: Model = "plumb_bob",
+    *,
+    context: str,
+    reject: bool = True,
+    min_views: int = MIN_VIEWS,
+    fix_k3: bool = False,
+) -> IntrinsicsResult:
+    """Fit ``model`` to the views of ``det`` (see :func:`calibrate_views`); ``context`` says
+    where the views came from in a too-few-views message (``the board was found in 3 of 40
+    frames``)."""
+    _check_enough(len(det.views), min_views, context)
+    result = calibrate_views(
+        det.views, det.image_size, model, reject=reject, min_views=min_views, fix_k3=fix_k3
+    )
+    result.no_board = det.no_board
+    return result
+
+
 def calibrate_intrinsics(
     source: str | Path,
     board: Board,
@@ -232,11 +252,12 @@ def calibrate_intrinsics(
     ``model`` (see :func:`calibrate_views`). Returns the result and the detections."""
     det = detect_all(source, board, every=every)
     n_frames = len(det.views) + len(det.no_board)
-    _check_enough(
-        len(det.views), min_views, f"the board was found in {len(det.views)} of {n_frames} frames"
+    result = calibrate_detections(
+        det,
+        model,
+        context=f"the board was found in {len(det.views)} of {n_frames} frames",
+        reject=reject,
+        min_views=min_views,
+        fix_k3=fix_k3,
     )
-    result = calibrate_views(
-        det.views, det.image_size, model, reject=reject, min_views=min_views, fix_k3=fix_k3
-    )
-    result.no_board = det.no_board
     return result, det

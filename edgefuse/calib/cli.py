@@ -119,7 +119,7 @@ def register(sub: Any) -> Any:
     from edgefuse.calib.extrinsic_cli import add_extrinsic_actions
 
     add_extrinsic_actions(actions)
-    from edgefuse.calib.temporal import add_time_action
+    from edgefuse.calib.temporal_cli import add_time_action
 
     add_time_action(actions)
 

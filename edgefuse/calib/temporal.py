@@ -26,6 +26,14 @@ the configured ``latency_ms`` leaves) by comparing activity signals across strea
    :data:`RELIABLE` is flagged with the reason (a microphone against a camera in a scene
    without sound events, a stream that barely changes, a peak at the end of the lag range).
 
+With a time-calibration recording (a target moved abruptly back and forth before the rig, a
+clapper clicking as it passes the middle of its travel: the simulator's ``timing`` scenario)
+every stream also has **events** (:mod:`edgefuse.calib.temporal_events`): the instant the
+target is halfway between two holds (camera, depth, lidar) and click onsets (microphone, minus
+the sound's travel time from ``--sound-distance-m``). Paired events give the offset to a small
+fraction of a sample period; ``auto`` uses them wherever both streams have enough events that
+pair reliably, correlation elsewhere.
+
 Sign: a stream whose data describe instants ``d`` later than the reference's after mapping
 needs ``time_offset_ns`` = reference's + ``d``; aligning with the written offsets puts the same
 event at the same ``t_ns`` in every stream (see :func:`apply_offsets`).
@@ -36,60 +44,33 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgefuse.calib.model import RigCalibration
-from edgefuse.errors import EdgefuseError
-from edgefuse.sync.aligner import StreamConfig
-from edgefuse.sync.clock import ClockModel
+from edgefuse.calib.temporal_events import RELIABLE_EVENTS, match_events
+from edgefuse.calib.temporal_signals import (
+    Signal,
+    TemporalCalibrationError,
+    session_signals,
+    signal_kind,
+)
 
-#: Encodings per kind of signal.
-_CAMERA = {"bgr8", "rgb8", "bgra8", "rgba8", "mono8"}
-_DEPTH = {"z16", "mono16", "32FC1"}
-_LIDAR = {"xyzit_f32"}
-_AUDIO = {"s16le"}
-#: Background samples (frames, sweeps) the median is taken over.
-_BACKGROUND_SAMPLES = 61
+__all__ = [
+    "RELIABLE",
+    "OffsetEstimate",
+    "Signal",
+    "TemporalCalibrationError",
+    "apply_offsets",
+    "estimate_offset",
+    "estimate_offsets",
+    "session_signals",
+    "signal_kind",
+]
+
 #: Thresholds a pair must pass to be reliable: correlation, peak / side lobe, jackknife ms.
 RELIABLE = {"min_peak": 0.25, "min_sidelobe_ratio": 1.3, "max_spread_ms": 2.0}
-
-
-class TemporalCalibrationError(EdgefuseError):
-    """Bad input to the temporal calibration: a stream missing, flat, or too short."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class Signal:
-    """One stream's activity signal on the host timeline (no static offset added): sample
-    ``i`` of tile ``b`` describes instant ``t_ns[i] + dt_ns[b]`` (one tile: a whole-view
-    signal; NaN: the sensor sees nothing of that tile)."""
-
-    stream: str
-    kind: str  # camera | depth | lidar | audio
-    t_ns: np.ndarray  # (T,) int64
-    values: np.ndarray  # (T, tiles) float64
-    dt_ns: np.ndarray  # (tiles,) int64, or (1,) for all tiles
-
-    @property
-    def duration_s(self) -> float:
-        """Time spanned by the samples (s)."""
-        return float(self.t_ns.max() - self.t_ns.min()) * 1e-9 if len(self.t_ns) > 1 else 0.0
-
-    def whole(self) -> Signal:
-        """The whole-view signal: the mean over the tiles this sensor sees."""
-        if self.values.shape[1] == 1:
-            return self
-        ok = ~np.isnan(self.values).any(axis=0)
-        w = self.values[:, ok]
-        dt = self.dt_ns if len(self.dt_ns) == 1 else self.dt_ns[ok]
-        return replace(
-            self,
-            values=w.mean(axis=1, keepdims=True),
-            dt_ns=np.array([round(float(np.mean(dt)))], np.int64),
-        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,6 +92,10 @@ class OffsetEstimate:
     reliable: bool
     #: Why the pair is not reliable (empty when it is), and what to do.
     reason: str = ""
+    #: How it was estimated: ``correlation`` of activity signals or ``events`` paired.
+    method: str = "correlation"
+    #: Events paired (``events`` method).
+    events: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready fields (offset in ms as well)."""
@@ -120,296 +105,14 @@ class OffsetEstimate:
             "offset_ns": self.offset_ns,
             "offset_ms": round(self.offset_ns * 1e-6, 4),
             "peak": round(self.peak, 4),
-            "sidelobe_ratio": round(self.sidelobe_ratio, 3),
+            "sidelobe_ratio": round(min(self.sidelobe_ratio, 1e6), 3),
             "spread_ms": round(self.spread_ms, 4),
             "confidence": round(self.confidence, 3),
             "reliable": self.reliable,
             "reason": self.reason,
+            "method": self.method,
+            "events": self.events,
         }
-
-
-def signal_kind(encoding: str) -> str | None:
-    """The kind of activity signal a stream of ``encoding`` gives (None: not supported)."""
-    for kind, encs in (("camera", _CAMERA), ("depth", _DEPTH), ("lidar", _LIDAR)):
-        if encoding in encs:
-            return kind
-    return "audio" if encoding in _AUDIO else None
-
-
-#: Tiles of the view camera's image that signals are resolved into (columns, rows): an object
-#: edge crossing a tile is a sharp event, where a whole-image sum changes slowly.
-TILES = (32, 4)
-
-
-class _View:
-    """The tiles of a camera's image and the projection of other sensors' points into them."""
-
-    def __init__(self, rig: RigCalibration, camera: str) -> None:
-        cal = rig.sensor(camera)
-        assert cal.camera is not None
-        self.rig, self.camera, self.cam = rig, camera, cal.camera
-        self.n = TILES[0] * TILES[1]
-
-    def tile_of_pixels(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-        """Tile index of view-camera pixels (-1 outside the image)."""
-        w, h = self.cam.width, self.cam.height
-        ok = (u >= 0) & (u < w) & (v >= 0) & (v < h)
-        col = np.clip((u * TILES[0] // w).astype(np.int64), 0, TILES[0] - 1)
-        row = np.clip((v * TILES[1] // h).astype(np.int64), 0, TILES[1] - 1)
-        return np.where(ok, row * TILES[0] + col, -1)
-
-    def tile_of_points(self, sensor: str, p: np.ndarray) -> np.ndarray:
-        """Tile index of points ``p`` (N, 3) in ``sensor``'s frame (-1: not in view)."""
-        T = self.rig.T(self.camera, sensor)
-        q = p @ T[:3, :3].T + T[:3, 3]
-        z = np.where(q[:, 2] > 0.5, q[:, 2], np.nan)
-        K = self.cam.K
-        with np.errstate(invalid="ignore"):
-            u = np.nan_to_num(K[0, 0] * q[:, 0] / z + K[0, 2], nan=-1.0)
-            v = np.nan_to_num(K[1, 1] * q[:, 1] / z + K[1, 2], nan=-1.0)
-        return self.tile_of_pixels(u, v)
-
-
-def _median_bg(stack: np.ndarray, invalid_zero: bool) -> np.ndarray:
-    """Per-pixel median over up to :data:`_BACKGROUND_SAMPLES` samples spread over the session
-    (the rig stands still: what most samples show is the background); zeros (no return) count
-    as infinitely far when ``invalid_zero``."""
-    pick = np.linspace(0, len(stack) - 1, min(len(stack), _BACKGROUND_SAMPLES)).round()
-    sub = stack[pick.astype(int)].astype(np.float32)
-    if invalid_zero:
-        sub = np.where(sub > 0, sub, np.inf)
-    return np.asarray(np.median(sub, axis=0))
-
-
-def _per_tile(act: np.ndarray, tiles: np.ndarray, n: int) -> np.ndarray:
-    """Mean of ``act`` (T, P) over the pixels of each tile (``tiles``: (P,), -1 = none)."""
-    ok = tiles >= 0
-    count = np.bincount(tiles[ok], minlength=n).astype(np.float64)
-    out = np.stack([np.bincount(tiles[ok], weights=a[ok], minlength=n) for a in act])
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.asarray(out / count)  # NaN where the sensor has no pixel in the tile
-
-
-class _Collector:
-    """Maps one stream's stamps with the aligner's clock model and keeps reduced samples."""
-
-    def __init__(self, stream: str, sensor: str, kind: str, cfg: StreamConfig) -> None:
-        self.stream, self.sensor, self.kind = stream, sensor, kind
-        self.clock = ClockModel(cfg.clock_config())
-        self.t_ns: list[int] = []
-        self.data: list[Any] = []
-        self.bad = 0
-        self.slope = 1.0
-        self.depth_scale_m = 0.001
-        self.lidar_dirs: np.ndarray | None = None
-        self.lidar_tau: np.ndarray | None = None
-
-    def add(self, msg: Any) -> None:
-        h = msg.header
-        try:
-            est = self.clock.update(h.t_sensor_ns, h.t_host_ns)
-            if not est.converged:
-                return
-            self.slope = self.clock.slope
-            a0 = np.asarray(msg.arrays[0])
-            if self.kind == "camera":
-                small = a0[::4, ::4]
-                gray = small.mean(axis=2) if small.ndim == 3 else small
-                self.data.append(gray.astype(np.uint8))
-            elif self.kind == "depth":
-                self.depth_scale_m = float(h.meta.get("depth_scale_m", self.depth_scale_m))
-                self.data.append(a0[::2, ::2].astype(np.float32))
-            elif self.kind == "lidar":
-                self._lidar(msg)
-            else:
-                self._audio(msg, est.t_ns)
-                return
-            self.t_ns.append(est.t_ns)
-        except (IndexError, KeyError, ValueError, TypeError):
-            self.bad += 1  # a malformed sample is skipped, the stream goes on
-
-    def _lidar(self, msg: Any) -> None:
-        pts = np.asarray(msg.arrays[0], dtype=np.float64)
-        ring = np.asarray(msg.arrays[1]).astype(np.int64)
-        steps = int(msg.header.meta.get("azimuth_steps", 1024))
-        beams = int(msg.header.meta.get("beams", 0)) or int(ring.max()) + 1
-        if self.lidar_dirs is None:
-            self.lidar_dirs = np.zeros((beams, steps, 3), np.float32)
-            self.lidar_tau = np.zeros((2, steps))
-        assert self.lidar_tau is not None
-        az = np.arctan2(pts[:, 1], pts[:, 0])
-        col = np.floor((az + math.pi) / (2 * math.pi) * steps).astype(np.int64) % steps
-        rng = np.linalg.norm(pts[:, :3], axis=1)
-        ok = (ring >= 0) & (ring < beams) & (rng > 0)
-        img = np.zeros((beams, steps), np.float16)
-        img[ring[ok], col[ok]] = rng[ok]
-        self.lidar_dirs[ring[ok], col[ok]] = pts[ok, :3] / rng[ok, None]
-        np.add.at(self.lidar_tau[0], col[ok], pts[ok, 4])
-        np.add.at(self.lidar_tau[1], col[ok], 1.0)
-        self.data.append(img)
-
-    def _audio(self, msg: Any, t_ns: int) -> None:
-        a = np.asarray(msg.arrays[0], dtype=np.float64)
-        rate = float(msg.header.meta["rate_hz"])
-        a = a.reshape(a.shape[0], -1)
-        win = max(1, round(rate * 0.01))
-        for j in range(max(1, len(a) // win)):
-            seg = a[j * win : (j + 1) * win]
-            rms = math.sqrt(float(np.mean((seg - seg.mean(axis=0)) ** 2)))
-            mid_ns = (j * win + len(seg) / 2) / rate * 1e9 * self.slope
-            self.t_ns.append(t_ns + round(mid_ns))
-            self.data.append([math.log10(rms + 1.0)])
-
-    def signal(self, view: _View | None, rig: RigCalibration | None) -> Signal:
-        if len(self.t_ns) < 3:
-            raise TemporalCalibrationError(
-                f"stream {self.stream}: only {len(self.t_ns)} usable samples after its clock "
-                "model converged; record longer (at least ~20 s with things moving in view)"
-            )
-        t = np.asarray(self.t_ns, np.int64)
-        dt = np.zeros(1, np.int64)
-        if self.kind == "audio":
-            v = np.asarray(self.data, np.float64)
-        elif self.kind == "camera":
-            stack = np.stack(self.data)
-            act = np.clip((np.abs(stack - _median_bg(stack, False)) - 10.0) / 20.0, 0.0, 1.0)
-            act = act.reshape(len(stack), -1)
-            h, w = stack.shape[1:]
-            if view is not None and self.sensor == view.camera:
-                vv, uu = np.mgrid[0:h, 0:w]
-                tiles = view.tile_of_pixels(uu.ravel() * 4 + 2, vv.ravel() * 4 + 2)
-                v = _per_tile(act, tiles, view.n)
-            else:
-                v = act.mean(axis=1, keepdims=True)
-        elif self.kind == "depth":
-            v = self._depth_tiles(view, rig)
-        else:
-            v, dt = self._lidar_tiles(view)
-        return Signal(stream=self.stream, kind=self.kind, t_ns=t, values=v, dt_ns=dt)
-
-    def _depth_tiles(self, view: _View | None, rig: RigCalibration | None) -> np.ndarray:
-        stack = np.stack(self.data)
-        bg = _median_bg(stack, True)
-        fg = (stack > 0) & (stack < 0.9 * bg)
-        cal = rig.sensors.get(self.sensor) if rig is not None else None
-        if view is None or cal is None or cal.camera is None:
-            return np.asarray(fg.reshape(len(stack), -1).mean(axis=1, keepdims=True))
-        h, w = stack.shape[1:]
-        vv, uu = np.mgrid[0:h, 0:w]
-        K = cal.camera.K
-        rays = np.stack(
-            [(uu.ravel() * 2 - K[0, 2]) / K[0, 0], (vv.ravel() * 2 - K[1, 2]) / K[1, 1]], axis=1
-        )
-
-        def tiles_at(z: np.ndarray) -> np.ndarray:
-            pts = np.concatenate([rays * z[:, None], z[:, None]], axis=1)
-            return view.tile_of_points(self.sensor, pts)
-
-        # A pixel's tile depends on its depth (parallax): a foreground pixel goes to the tile
-        # of its own depth (quantised), the share is over the tile's background pixels.
-        base = tiles_at(np.where(np.isfinite(bg), bg * self.depth_scale_m, 30.0).ravel())
-        ok = base >= 0
-        count = np.bincount(base[ok], minlength=view.n).astype(np.float64)
-        levels_m = np.geomspace(0.3, 30.0, 24)
-        by_level = np.stack([tiles_at(np.full(len(rays), z)) for z in levels_m])
-        out = np.zeros((len(stack), view.n))
-        cols = np.arange(len(rays))
-        for i in range(len(stack)):
-            f = fg[i].ravel()
-            z = stack[i].ravel()[f] * self.depth_scale_m
-            lv = np.clip(np.searchsorted(levels_m, z), 0, len(levels_m) - 1)
-            t = by_level[lv, cols[f]]
-            out[i] = np.bincount(t[t >= 0], minlength=view.n)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.asarray(np.where(count > 0, out / count, np.nan))
-
-    def _lidar_tiles(self, view: _View | None) -> tuple[np.ndarray, np.ndarray]:
-        assert self.lidar_dirs is not None and self.lidar_tau is not None
-        stack = np.stack(self.data)
-        bg = _median_bg(stack, True)
-        margin = np.maximum(0.3, 0.05 * np.where(np.isfinite(bg), bg, 0.0))
-        act = ((stack > 0) & (stack < bg - margin)).reshape(len(stack), -1).astype(np.float64)
-        seen = np.linalg.norm(self.lidar_dirs, axis=2).ravel() > 0
-        tau_col = self.lidar_tau[0] / np.maximum(self.lidar_tau[1], 1)
-        tau = np.broadcast_to(tau_col, bg.shape).ravel()
-        if view is None:
-            tiles = np.where(seen, 0, -1)
-            n = 1
-        else:
-            far = np.where(np.isfinite(bg), bg, 30.0).ravel()
-            pts = self.lidar_dirs.reshape(-1, 3).astype(np.float64) * far[:, None]
-            tiles = np.where(seen, view.tile_of_points(self.sensor, pts), -1)
-            n = view.n
-        if not (tiles >= 0).any():
-            raise TemporalCalibrationError(
-                f"stream {self.stream}: no lidar point falls in the camera's view; check the "
-                "rig's lidar and camera poses (T_base_link_sensor)"
-            )
-        ok = tiles >= 0
-        cnt = np.bincount(tiles[ok], minlength=n)
-        # A tile's instant: the sweep start plus the mean scan time of its cells.
-        with np.errstate(invalid="ignore", divide="ignore"):
-            tau_tile = np.bincount(tiles[ok], weights=tau[ok], minlength=n) / cnt
-        dt = np.round(np.nan_to_num(tau_tile) * 1e9 * self.slope).astype(np.int64)
-        return _per_tile(act, tiles, n), dt
-
-
-def _view_camera(rig: RigCalibration | None, reference: str, sensors: Mapping[str, str]) -> Any:
-    if rig is None:
-        return None
-    names = [sensors[reference], *(s for n, s in sensors.items() if n != reference)]
-    for s in names:
-        cal = rig.sensors.get(s)
-        if cal is not None and cal.camera is not None and cal.lidar is None:
-            return _View(rig, s)
-    return None
-
-
-def session_signals(
-    path: str | Path,
-    streams: Mapping[str, tuple[str, StreamConfig]],
-    *,
-    rig: RigCalibration | None = None,
-    reference: str | None = None,
-) -> dict[str, Signal]:
-    """The activity signal of each stream (name -> (topic, config)) of the session at ``path``.
-
-    Stamps go through a clock model per stream configured as the aligner's (``latency_ms``,
-    ``wrap_s``); static offsets are not added. With ``rig``, signals are resolved into tiles
-    of a camera's image (the reference's when it is a camera), each sensor's data projected
-    there with the rig's poses. Raises :class:`TemporalCalibrationError` naming the stream
-    when one is missing or unusable.
-    """
-    from edgefuse.record.session import SessionReader
-
-    sensors = {n: cfg.sensor or n for n, (_, cfg) in streams.items()}
-    if rig is not None:
-        missing = [s for s in sensors.values() if s not in rig.sensors]
-        if missing:
-            rig = None  # poses unknown for some sensor: whole-view signals for all
-    view = _view_camera(rig, reference or next(iter(streams)), sensors)
-    with SessionReader(path) as reader:
-        topics = reader.topics()
-        by_topic: dict[str, _Collector] = {}
-        for name, (topic, cfg) in streams.items():
-            if topics.get(topic, 0) == 0:
-                have = ", ".join(sorted(topics)) or "none"
-                raise TemporalCalibrationError(
-                    f"stream {name}: topic {topic!r} is not in {path} (it has: {have}); "
-                    f"leave the stream out (--streams) or record it"
-                )
-            first = next(reader.messages([topic]))
-            kind = signal_kind(first.header.encoding)
-            if kind is None:
-                raise TemporalCalibrationError(
-                    f"stream {name}: encoding {first.header.encoding!r} has no activity signal "
-                    "(camera images, depth z16, lidar xyzit_f32, s16le audio); leave it out "
-                    "(--streams)"
-                )
-            by_topic[topic] = _Collector(name, sensors[name], kind, cfg)
-        for msg in reader.messages(list(by_topic)):
-            by_topic[msg.topic].add(msg)
-    return {c.stream: c.signal(view, rig) for c in by_topic.values()}
 
 
 def _rate_hz(sig: Signal) -> float:
@@ -578,16 +281,75 @@ def estimate_offset(
     )
 
 
+def estimate_offset_events(sig: Signal, ref: Signal, *, max_lag_ns: int) -> OffsetEstimate:
+    """The offset of ``sig`` relative to ``ref`` from their events (moves seen, clicks heard;
+    :mod:`edgefuse.calib.temporal_events`): the mean difference of paired events. ``peak`` is
+    the share of events paired, ``sidelobe_ratio`` the pairing's mode over its next best lag,
+    ``spread_ms`` the standard error of the mean."""
+    m = match_events(sig.events_ns, ref.events_ns, max_lag_ns=max_lag_ns)
+    reason = ""
+    if m.reason:
+        reason = (
+            f"{m.reason}: record more moves seen (or clicks heard) by both {sig.stream} and "
+            f"{ref.stream} (edgefuse sim generate --scenario timing shows how), or leave "
+            f"{sig.stream} out (--streams)"
+        )
+    ratio = m.ratio if math.isfinite(m.ratio) else 1e6
+    conf = m.share * max(0.0, 1 - 1 / max(ratio, 1e-9)) / (1 + (m.stderr_ms / 0.3) ** 2)
+    return OffsetEstimate(
+        stream=sig.stream,
+        reference=ref.stream,
+        offset_ns=m.offset_ns,
+        peak=m.share,
+        sidelobe_ratio=ratio,
+        spread_ms=m.stderr_ms if math.isfinite(m.stderr_ms) else 1e6,
+        confidence=max(0.0, min(1.0, conf)),
+        reliable=m.reliable,
+        reason=reason,
+        method="events",
+        events=m.pairs,
+    )
+
+
+#: Methods of :func:`estimate_offsets`.
+METHODS = ("auto", "events", "correlation")
+
+
 def estimate_offsets(
-    signals: Mapping[str, Signal], reference: str, **kw: Any
+    signals: Mapping[str, Signal],
+    reference: str,
+    *,
+    method: str = "auto",
+    max_lag_ns: int = 500_000_000,
+    **kw: Any,
 ) -> dict[str, OffsetEstimate]:
-    """:func:`estimate_offset` of every signal but the reference's against it."""
+    """The offset of every signal but the reference's against it: by ``events`` paired
+    (:func:`estimate_offset_events`), by ``correlation`` (:func:`estimate_offset`), or
+    ``auto``: events where both streams have enough of them and their pairing is reliable
+    (a time-calibration recording), else correlation (any recording with motion in view)."""
     if reference not in signals:
         raise TemporalCalibrationError(
             f"reference stream {reference!r} is not among the streams ({', '.join(signals)})"
         )
+    if method not in METHODS:
+        raise TemporalCalibrationError(f"unknown method {method!r}; expected one of {METHODS}")
     ref = signals[reference]
-    return {n: estimate_offset(s, ref, **kw) for n, s in signals.items() if n != reference}
+    out: dict[str, OffsetEstimate] = {}
+    for n, s in signals.items():
+        if n == reference:
+            continue
+        if method != "correlation":
+            few = min(len(s.events_ns), len(ref.events_ns)) < RELIABLE_EVENTS["min_pairs"]
+            if method == "events" or not few:
+                e = estimate_offset_events(s, ref, max_lag_ns=max_lag_ns)
+                # Events that pair up mark a time-calibration recording: keep their estimate
+                # (flagged if imprecise), correlation is the blunter tool there.
+                paired = e.events >= RELIABLE_EVENTS["min_pairs"]
+                if method == "events" or (paired and e.peak >= RELIABLE_EVENTS["min_share"]):
+                    out[n] = e
+                    continue
+        out[n] = estimate_offset(s, ref, max_lag_ns=max_lag_ns, **kw)
+    return out
 
 
 def apply_offsets(
@@ -604,129 +366,3 @@ def apply_offsets(
         name = sensors[e.stream]
         out[name] = replace(rig.sensor(name), time_offset_ns=int(ref + e.offset_ns))
     return replace(rig, sensors=out)
-
-
-def _pipeline_streams(
-    pipeline: str | Path,
-) -> tuple[dict[str, tuple[str, StreamConfig]], str, str]:
-    """(stream -> (topic, config), reference, rig path) of a pipeline's aligner node; streams
-    whose time the messages carry already (``clock: given``) are left out."""
-    from edgefuse.sync.offline import aligner_from_pipeline
-
-    cfg = aligner_from_pipeline(pipeline)
-    streams = {
-        port: (topic, cfg.params.streams[port])
-        for topic, port in cfg.topics.items()
-        if cfg.params.streams[port].clock != "given"
-    }
-    return streams, cfg.params.reference, cfg.params.rig
-
-
-def add_time_action(actions: Any) -> None:
-    """Add ``time`` to the ``calibrate`` verb's sub-parsers ``actions``."""
-    p = actions.add_parser(
-        "time",
-        help="static time offsets between the streams of a recording (cross-correlation)",
-        description="Estimate each stream's time_offset_ns relative to the reference from "
-        "motion and sound in a recording (rig standing still, things moving in view), with "
-        "the clock models and latencies of the pipeline's aligner; write them into the rig.",
-    )
-    p.add_argument("session", help="recorded session (.mcap)")
-    p.add_argument("--reference", help="reference stream (default: the aligner's reference)")
-    p.add_argument("--streams", help="comma-separated streams to calibrate (default: all)")
-    p.add_argument("--max-lag-ms", type=float, default=500.0, help="largest offset searched")
-    p.add_argument("--highpass-s", type=float, default=0.5, help="high-pass window (s)")
-    p.add_argument(
-        "--pipeline",
-        help="pipeline whose aligner maps the stamps (topics, latency_ms, wrap_s; default: "
-        "the one the session names, else pipelines/sim.yaml)",
-    )
-    p.add_argument("--rig", help="rig calibration to update (default: the aligner's rig)")
-    p.add_argument("-o", "--out", help="write the updated rig here (default: --rig itself)")
-    p.add_argument("--force", action="store_true", help="write unreliable offsets as well")
-    p.add_argument("--dry-run", action="store_true", help="print only, write nothing")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(fn=_cmd_time)
-
-
-def _cmd_time(args: Any) -> int:
-    import json
-    import sys
-
-    from edgefuse.calib.model import find_calibration, load_calibration, save_calibration
-    from edgefuse.record.session import SessionReader
-
-    if args.max_lag_ms <= 0 or args.highpass_s <= 0:
-        raise TemporalCalibrationError("--max-lag-ms and --highpass-s must be > 0")
-    pipeline = args.pipeline
-    if pipeline is None:
-        with SessionReader(args.session) as r:
-            named = r.metadata().get("session", {}).get("pipeline", "")
-        pipeline = named if named and Path(named).is_file() else "pipelines/sim.yaml"
-    streams, reference, rig_path = _pipeline_streams(find_calibration(pipeline))
-    reference = args.reference or reference
-    if args.streams:
-        wanted = [s.strip() for s in args.streams.split(",") if s.strip()]
-        unknown = [s for s in wanted if s not in streams]
-        if unknown:
-            raise TemporalCalibrationError(
-                f"--streams: {', '.join(unknown)} not in the aligner of {pipeline} "
-                f"(it has {', '.join(streams)})"
-            )
-        streams = {n: streams[n] for n in streams if n in wanted or n == reference}
-    if reference not in streams:
-        raise TemporalCalibrationError(
-            f"--reference {reference!r} is not a stream of the aligner in {pipeline} "
-            f"(it has {', '.join(streams)})"
-        )
-    rig_file = args.rig or rig_path
-    rig = load_calibration(find_calibration(rig_file)) if rig_file else None
-    signals = session_signals(args.session, streams, rig=rig, reference=reference)
-    est = estimate_offsets(
-        signals,
-        reference,
-        max_lag_ns=round(args.max_lag_ms * 1e6),
-        highpass_s=args.highpass_s,
-    )
-    sensors = {n: cfg.sensor or n for n, (_, cfg) in streams.items()}
-    bad = [e for e in est.values() if not e.reliable]
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "reference": reference,
-                    "pipeline": str(pipeline),
-                    "streams": [e.as_dict() for e in est.values()],
-                }
-            )
-        )
-    else:
-        print(f"reference {reference} (pipeline {pipeline})")
-        for e in est.values():
-            flag = "ok" if e.reliable else "UNRELIABLE"
-            print(
-                f"  {e.stream:10s} {e.offset_ns * 1e-6:+9.3f} ms  confidence {e.confidence:.2f}"
-                f"  (peak {e.peak:.2f}, side lobe x{e.sidelobe_ratio:.1f}, "
-                f"±{e.spread_ms:.2f} ms)  {flag}"
-            )
-    for e in bad:
-        print(f"edgefuse: warning: {e.stream}: {e.reason}", file=sys.stderr)
-    if bad and not args.force:
-        names = ", ".join(e.stream for e in bad)
-        raise TemporalCalibrationError(
-            f"unreliable offsets for {names}: nothing written (see the reasons above; "
-            "--force writes them anyway)"
-        )
-    if args.dry_run or rig is None:
-        if rig is None:
-            print("no rig calibration (--rig): nothing written", file=sys.stderr)
-        return 0
-    missing = [s for s in sensors.values() if s not in rig.sensors]
-    if missing:
-        raise TemporalCalibrationError(
-            f"rig {rig_file}: no sensor {', '.join(missing)}; add it or leave the stream out"
-        )
-    out = args.out or str(find_calibration(rig_file))
-    save_calibration(apply_offsets(rig, list(est.values()), sensors=sensors), out)
-    print(f"wrote {out}", file=sys.stderr)
-    return 0

@@ -541,12 +541,20 @@ class MicRenderer:
         for name in _TABLE_SEEDS:  # build the shared tables now, not in the first chunk
             _kind_table(name, rate_hz)
 
-    def render(self, objects: Sequence[WorldObject], t_s: np.ndarray) -> np.ndarray:
+    def render(
+        self,
+        objects: Sequence[WorldObject],
+        t_s: np.ndarray,
+        *,
+        extra: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+    ) -> np.ndarray:
         """Samples ``(n, channels)`` int16 (full scale 32767, clipped) at world times ``t_s`` (n,).
 
         ``objects`` must hold every object that may be audible in the chunk, e.g.
         ``world.objects_between(t_s[0] - MAX_DELAY_S, t_s[-1])``; extra ones cost time only. The
         result depends only on the objects, the times and the seed, never on the chunking.
+        ``extra(t_s, element_positions_m)`` adds sources that are not world objects (a scene's
+        clapper): pressure ``(n, channels)`` in full-scale units, added before quantisation.
         """
         t = np.asarray(t_s, np.float64)
         if t.ndim != 1:
@@ -556,6 +564,8 @@ class MicRenderer:
             self._add_sources(objects, t, p)
             if self.background_noise > 0:
                 self._add_background(t, p)
+            if extra is not None:
+                p += extra(t, self.element_positions_m)
         p *= FULL_SCALE
         np.rint(p, out=p)
         np.clip(p, -32768, 32767, out=p)  # saturate: no int16 wraparound

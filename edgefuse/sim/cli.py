@@ -48,7 +48,6 @@ def register(sub: Any) -> None:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from edgefuse.sim.generate import generate, print_progress
     from edgefuse.sim.rig import SimParams
 
     data: dict[str, Any] = {"scenario": args.scenario, "seed": args.seed}
@@ -69,20 +68,11 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         params = config.build(SimParams, data)
     sensors = tuple(s.strip() for s in args.sensors.split(",") if s.strip())
     t0 = time.perf_counter()
-    if params.scenario == "calibration":
-        # A board on a stand through varied poses, seen by camera, depth and lidar (the truth
-        # of its pose on sim/board): the known answer for `edgefuse calibrate camera-lidar`.
-        from edgefuse.sim.calib_scene import generate_calibration
-
-        counts = generate_calibration(args.out, params, duration_s=args.duration)
-    else:
-        counts = generate(
-            args.out,
-            params,
-            duration_s=args.duration,
-            sensors=sensors,
-            progress=None if args.quiet else print_progress(args.duration),
-        )
+    try:
+        counts = _render(args, params, sensors)
+    except ValueError as exc:
+        print(f"edgefuse sim generate: {exc}", file=sys.stderr)
+        return 2
     wall = time.perf_counter() - t0
     if not args.quiet:
         sys.stderr.write("\n")
@@ -98,3 +88,28 @@ def _cmd_scenarios(args: argparse.Namespace) -> int:
     for s in SCENARIOS.values():
         print(f"{s.name:8s} {s.lighting:5s}  {s.description}")
     return 0
+
+
+def _render(args: argparse.Namespace, params: Any, sensors: tuple[str, ...]) -> dict[str, int]:
+    # The scenarios with a scene of their own render through it; the rest through the world.
+    from edgefuse.sim.generate import generate, print_progress
+
+    if params.scenario == "calibration":
+        # A board on a stand through varied poses, seen by camera, depth and lidar (the truth
+        # of its pose on sim/board): the known answer for `edgefuse calibrate camera-lidar`.
+        from edgefuse.sim.calib_scene import generate_calibration
+
+        return generate_calibration(args.out, params, duration_s=args.duration)
+    if params.scenario == "timing":
+        # The board moved back and forth across the view, a clapper clicking as it passes
+        # halfway: the known answer for `edgefuse calibrate time` (edgefuse.sim.time_scene).
+        from edgefuse.sim.time_scene import generate_timing
+
+        return generate_timing(args.out, params, duration_s=args.duration, sensors=sensors)
+    return generate(
+        args.out,
+        params,
+        duration_s=args.duration,
+        sensors=sensors,
+        progress=None if args.quiet else print_progress(args.duration),
+    )

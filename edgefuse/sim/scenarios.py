@@ -4,7 +4,9 @@ A scenario fixes the lighting, how often each class of object appears and where 
 goes; the seed fixes everything else. ``day`` and ``night`` share their traffic so a model can be
 compared across lighting; ``busy`` is dense enough that objects hide each other; ``static``
 places objects once and never moves them (geometry checks); ``calibration`` is an empty world
-in which :mod:`edgefuse.sim.calib_scene` moves a chessboard through known poses.
+in which :mod:`edgefuse.sim.calib_scene` moves a chessboard through known poses; ``timing`` is
+an empty world in which :mod:`edgefuse.sim.time_scene` snaps the board between two stops with a
+clapper clicking at each stop (temporal calibration).
 """
 
 from __future__ import annotations
@@ -69,6 +71,11 @@ SCENARIOS: dict[str, Scenario] = {
             name="calibration",
             description="a chessboard on a stand held in varied poses before camera, depth "
             "and lidar, nothing else (extrinsic calibration; edgefuse.sim.calib_scene)",
+        ),
+        Scenario(
+            name="timing",
+            description="the board snapping between two stops near the rig, a clapper clicking "
+            "as it stops (time offsets; edgefuse.sim.time_scene)",
         ),
     )
 }

@@ -1,5 +1,7 @@
-"""``edgefuse calibrate time``: the estimator on signals with a known lag, bad input exits 2
-naming the stream, and a simulated session rendered with known time offsets (slow)."""
+"""``edgefuse calibrate time``: the correlation and event estimators on signals with a known
+lag, bad input exits 2 naming the stream, and simulated sessions rendered with known time
+offsets (slow): the busy scene (correlation) and the timing scene (events, every stream within
+1 ms)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,13 @@ import pytest
 import yaml
 
 from edgefuse.calib.model import load_calibration
-from edgefuse.calib.temporal import Signal, TemporalCalibrationError, estimate_offset
+from edgefuse.calib.temporal import (
+    Signal,
+    TemporalCalibrationError,
+    estimate_offset,
+    estimate_offsets,
+)
+from edgefuse.calib.temporal_events import click_onsets, match_events, move_events
 from edgefuse.sim.generate import generate
 from edgefuse.sim.rig import SimParams
 from tests.conftest import REPO
@@ -113,6 +121,86 @@ def test_flat_and_short_signals_name_the_stream() -> None:
         estimate_offset(short, ref)
 
 
+def _moving_bar(t_s: np.ndarray, mids_s: np.ndarray, move_s: float = 0.5) -> np.ndarray:
+    """Frames (T, 200) of a 40-cell-wide bright bar on a 1-D image that moves 60 cells at
+    constant speed in ``move_s`` around each of ``mids_s``, back and forth, drawn with
+    sub-pixel coverage, plus noise."""
+    pos = np.full(len(t_s), 50.0)
+    for j, m in enumerate(mids_s):
+        a = np.clip((t_s - (m - move_s / 2)) / move_s, 0.0, 1.0)
+        start, end = (50.0, 110.0) if j % 2 == 0 else (110.0, 50.0)
+        pos = np.where(t_s >= m - move_s / 2, start + (end - start) * a, pos)
+    x = np.arange(200)[None, :] + 0.5
+    lo, hi = pos[:, None], pos[:, None] + 40.0
+    cover = np.clip(np.minimum(x + 0.5, hi) - np.maximum(x - 0.5, lo), 0.0, 1.0)
+    noise = np.random.default_rng(4).normal(0.0, 2.0, cover.shape)
+    return np.asarray(30.0 + 150.0 * cover + noise)
+
+
+def test_move_events_find_the_halfway_instant_between_frames() -> None:
+    # 30 Hz frames, moves halfway at random phases of the frame grid: each is timed to a small
+    # fraction of the 33 ms frame period.
+    rng = np.random.default_rng(1)
+    mids = 1.0 + np.cumsum(rng.uniform(1.3, 1.9, 12))
+    t_s = np.arange(0.0, mids[-1] + 1.5, 1 / 30) + 0.0123
+    events = move_events(np.round(t_s * 1e9).astype(np.int64), _moving_bar(t_s, mids))
+    assert len(events) == len(mids)
+    err_ms = (events - np.round(mids * 1e9)) * 1e-6
+    assert np.abs(err_ms).max() < 1.0, err_ms
+    assert abs(err_ms.mean()) < 0.3, err_ms
+    # Nothing moves: no events.
+    still = _moving_bar(t_s, np.array([1e6]))
+    assert len(move_events(np.round(t_s * 1e9).astype(np.int64), still)) == 0
+
+
+def test_click_onsets_to_a_fraction_of_a_sample() -> None:
+    rate = 16000
+    t_s = np.arange(0, 10 * rate) / rate
+    onsets = np.array([1.00003, 2.51234, 4.0, 6.77777, 8.123456])
+    x = np.random.default_rng(2).normal(0.0, 100.0, len(t_s))
+    for o in onsets:
+        u = t_s - o
+        ring = np.exp(-np.maximum(u, 0.0) / 0.002) * np.cos(2 * np.pi * 2000 * u)
+        x += np.where(u >= 0, 8000.0 * ring, 0.0)
+    got = click_onsets(np.round(t_s * 1e9).astype(np.int64), x)
+    assert len(got) == len(onsets)
+    assert np.abs(got * 1e-9 - onsets).max() < 1 / rate  # within one sample (62.5 µs)
+
+
+def test_match_events_pairs_despite_misses_and_strays() -> None:
+    rng = np.random.default_rng(3)
+    ref = np.cumsum(rng.uniform(1.2e9, 1.8e9, 20)).astype(np.int64)
+    # The stream sees each event 19 ms early (its offset: reference - stream = +19 ms), with
+    # 0.5 ms of jitter, misses two and adds a stray.
+    sig = ref[2:] - 19_000_000 + rng.normal(0, 5e5, 18).astype(np.int64)
+    sig = np.sort(np.append(sig, ref[5] + 400_000_000))
+    m = match_events(sig, ref, max_lag_ns=500_000_000)
+    assert m.reliable, m
+    assert m.pairs == 18 and abs(m.offset_ns - 19_000_000) < 400_000
+    unrelated = np.cumsum(rng.uniform(0.2e9, 2.5e9, 20)).astype(np.int64)
+    assert not match_events(unrelated, ref, max_lag_ns=500_000_000).reliable
+
+
+def test_auto_uses_events_when_they_pair_and_correlation_otherwise() -> None:
+    tiles = 16
+    ref = _signal("camera", 30.0, 0.012, np.zeros(tiles), seed=1)
+    lidar = _signal("lidar", 10.0, -0.007, np.linspace(0.080, 0.098, tiles), seed=2)
+    est = estimate_offsets({"camera": ref, "lidar": lidar}, "camera")
+    assert est["lidar"].method == "correlation"  # no events: correlation
+    ev = np.arange(1, 25) * 1_234_000_000
+    ref_e = Signal(**{**ref.__dict__, "events_ns": ev})
+    lid_e = Signal(**{**lidar.__dict__, "events_ns": ev + 19_000_000})
+    est = estimate_offsets({"camera": ref_e, "lidar": lid_e}, "camera")
+    e = est["lidar"]
+    assert e.method == "events" and e.events == 24 and e.reliable
+    assert e.offset_ns == -19_000_000
+    # --method correlation ignores the events.
+    e = estimate_offsets({"camera": ref_e, "lidar": lid_e}, "camera", method="correlation")
+    assert e["lidar"].method == "correlation"
+    with pytest.raises(TemporalCalibrationError, match="unknown method"):
+        estimate_offsets({"camera": ref_e, "lidar": lid_e}, "camera", method="magic")
+
+
 @pytest.fixture(scope="module")
 def short_session(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("time") / "cam.mcap"
@@ -139,6 +227,9 @@ def test_cli_unknown_stream_and_bad_lag(short_session: Path) -> None:
     assert r.returncode == 2 and "--streams: radar not in the aligner" in r.stderr
     r = cli(str(short_session), "--max-lag-ms", "0")
     assert r.returncode == 2 and "--max-lag-ms" in r.stderr
+    r = cli(str(short_session), "--sound-distance-m", "-3")
+    assert r.returncode == 2 and "--sound-distance-m must be in 0..1000 m" in r.stderr
+    assert "Traceback" not in r.stderr
 
 
 @pytest.fixture(scope="module")
@@ -190,3 +281,62 @@ def test_sim_offsets_estimated_and_written(offset_session: tuple[Path, Path, Pat
     got_ms = rig.sensor("lidar").time_offset_ns * 1e-6
     assert abs(got_ms - (5.0 + truth_ms)) < 2.0, got_ms
     assert rig.sensor("camera").time_offset_ns == 5_000_000
+
+
+@pytest.fixture(scope="module")
+def timing_session(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path, float]:
+    """A 24 s ``timing`` session (the board moved back and forth, a clapper clicking as it
+    passes halfway) rendered with RENDER_OFFSETS_NS, the pipeline of ``offset_session``'s
+    kind, the estimator's rig and the clapper's distance to the microphone."""
+    from edgefuse.record.session import SessionReader
+    from edgefuse.sim.time_scene import generate_timing, timing_truth
+
+    tmp = tmp_path_factory.mktemp("timing")
+    rig = yaml.safe_load((REPO / "calibration/sim_rig.yaml").read_text())
+    for name, off in RENDER_OFFSETS_NS.items():
+        rig["sensors"][name]["time_offset_ns"] = off
+    render = tmp / "render_rig.yaml"
+    render.write_text(yaml.safe_dump(rig, sort_keys=False))
+    session = tmp / "timing.mcap"
+    params = SimParams(seed=5, rig=str(render), lidar_cut_azimuth_deg=-35)
+    generate_timing(session, params, duration_s=24.0)
+    with SessionReader(session) as r:
+        distance_m = timing_truth(r.metadata()).sound_distance_m
+    est_rig = tmp / "est_rig.yaml"
+    est_rig.write_text((REPO / "calibration/sim_rig.yaml").read_text())
+    pipe = yaml.safe_load((REPO / "pipelines/sim.yaml").read_text())
+    streams = pipe["nodes"]["sync"]["params"]["streams"]
+    streams["camera"]["latency_ms"] = 12.0 + 12.0
+    streams["depth"]["latency_ms"] = 18.0 + 25.0
+    streams["lidar"]["latency_ms"] = 1.5 - 7.0 + 100.0
+    pipe["nodes"]["sync"]["params"]["rig"] = str(est_rig)
+    pipeline = tmp / "pipe.yaml"
+    pipeline.write_text(yaml.safe_dump(pipe, sort_keys=False))
+    return session, pipeline, est_rig, distance_m
+
+
+@pytest.mark.slow
+def test_timing_scene_every_stream_within_1_ms(
+    timing_session: tuple[Path, Path, Path, float],
+) -> None:
+    # Issue 9's acceptance: on the simulated rig, time offsets within 1 ms, for every stream.
+    session, pipeline, est_rig, distance_m = timing_session
+    args = [str(session), "--pipeline", str(pipeline), "--sound-distance-m", f"{distance_m:.4f}"]
+    r = cli(*args, "--json")  # writes the estimator's rig as well
+    assert r.returncode == 0, r.stderr
+    out = {s["stream"]: s for s in json.loads(r.stdout)["streams"]}
+    assert set(out) == {"depth", "lidar", "mic"}
+    rig = load_calibration(est_rig)
+    for name, s in out.items():
+        truth_ms = (RENDER_OFFSETS_NS[name] - RENDER_OFFSETS_NS["camera"]) * 1e-6
+        assert s["method"] == "events" and s["reliable"] and s["events"] >= 10, s
+        assert abs(s["offset_ms"] - truth_ms) < 1.0, (name, s["offset_ms"], truth_ms)
+        # Written relative to the camera's 5 ms in the estimator's rig.
+        got_ms = rig.sensor(name).time_offset_ns * 1e-6
+        assert got_ms == pytest.approx(5.0 + s["offset_ms"], abs=1e-3), name
+    # Without the sound's travel time the microphone comes out d / 343 m/s (~10.7 ms) late.
+    r = cli(*args[:3], "--streams", "mic", "--json", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    mic = json.loads(r.stdout)["streams"][0]
+    late_ms = out["mic"]["offset_ms"] - mic["offset_ms"]
+    assert abs(late_ms - distance_m / 343.0 * 1e3) < 0.2, late_ms

@@ -105,6 +105,8 @@ def _render(args: argparse.Namespace, params: Any, sensors: tuple[str, ...]) -> 
         # halfway: the known answer for `edgefuse calibrate time` (edgefuse.sim.time_scene).
         from edgefuse.sim.time_scene import generate_timing
 
+        # Its known answers are in the session's metadata, not on a truth topic.
+        sensors = tuple(s for s in sensors if s != "truth")
         return generate_timing(args.out, params, duration_s=args.duration, sensors=sensors)
     return generate(
         args.out,

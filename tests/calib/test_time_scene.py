@@ -112,7 +112,11 @@ def test_sim_generate_renders_the_timing_scenario(tmp_path: Path) -> None:
     assert r.returncode == 2 and "needs at least 2.5 s" in r.stderr and "Traceback" not in r.stderr
     r = edgefuse_cli(*args, "--duration", "3", "--quiet")
     assert r.returncode == 0, r.stderr
+    default = edgefuse_cli(*args[:-4], "-o", str(tmp_path / "all.mcap"), "--duration", "3")
+    assert default.returncode == 0, default.stderr  # every sensor; the answers in metadata
     with SessionReader(out) as reader:
         meta = reader.metadata()
         assert meta["session"]["scenario"] == "timing" and "timing_scene" in meta
         assert set(reader.topics()) == {"mic/audio"}
+    with SessionReader(tmp_path / "all.mcap") as reader:
+        assert {t.partition("/")[0] for t in reader.topics()} == {"camera", "depth", "lidar", "mic"}

@@ -35,10 +35,13 @@ import numpy as np
 
 from edgefuse.calib.boards import Board
 from edgefuse.calib.model import RigCalibration
-from edgefuse.envelope import Header
-from edgefuse.record import SessionWriter
 from edgefuse.sim.camera import FacePolygon, PinholeView, fill
-from edgefuse.sim.generate import GENERATE_EPOCH_NS
+from edgefuse.sim.generate import (
+    GENERATE_EPOCH_NS,
+    sample_header,
+    session_metadata,
+    session_writer,
+)
 from edgefuse.sim.rig import (
     CameraSource,
     DepthSource,
@@ -47,7 +50,6 @@ from edgefuse.sim.rig import (
     SimParams,
     Source,
     load_rig,
-    resolve_rig_path,
 )
 
 #: Topics of a generated calibration session.
@@ -503,38 +505,21 @@ def generate_calibration(
     if duration <= 0:
         raise ValueError(f"duration must be > 0, got {duration}")
     sources = calibration_sources(params, scene, rates_hz=rates_hz, sensors=sensors)
-    rig_path = resolve_rig_path(params.rig)
-    metadata = {
-        "session": {
-            "source": "edgefuse sim calibration",
-            "scenario": "calibration",
-            "seed": str(params.seed),
-            "duration_s": repr(float(duration)),
-            "epoch_ns": str(GENERATE_EPOCH_NS),
-        },
-        "sim_params": {"json": json.dumps(asdict(params), sort_keys=True)},
+    metadata: dict[str, dict[str, str]] = {
+        **session_metadata(params, source="edgefuse sim calibration", duration_s=duration),
         "calibration_scene": {"json": json.dumps(scene.describe())},
     }
     seq: dict[str, int] = {}
-    with SessionWriter(
-        path, metadata=metadata, attachments={f"calibration/{rig_path.name}": rig_path.read_bytes()}
-    ) as out:
+    with session_writer(path, params, metadata) as out:
         for name, s in _samples(sources, duration):
             topic = TOPICS[name]
             n = seq.get(topic, 0)
             seq[topic] = n + 1
-            t_host = GENERATE_EPOCH_NS + round(s.delivery_s * 1e9)
-            header = Header(
-                stream=topic.partition("/")[2],
-                seq=n,
-                t_sensor_ns=s.t_sensor_ns,
-                t_host_ns=t_host,
-                t_pub_ns=t_host,
-                frame_id=s.frame_id if name != "board" else "base_link",
-                encoding=s.encoding,
-                t_ns=GENERATE_EPOCH_NS + round(s.t_world_s * 1e9) if name == "board" else None,
-                meta=s.meta,
-            )
+            if name == "board":  # the truth: base_link's, at the instant it describes
+                t_ns = GENERATE_EPOCH_NS + round(s.t_world_s * 1e9)
+                header = sample_header(topic, n, s, frame_id="base_link", t_ns=t_ns)
+            else:
+                header = sample_header(topic, n, s)
             out.write(topic, header, s.arrays)
         counts = dict(out.counts)
     return counts

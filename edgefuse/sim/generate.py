@@ -64,6 +64,57 @@ def make_sources(
     return {s: makers[s]() for s in sensors}
 
 
+def session_metadata(
+    params: SimParams, *, source: str, duration_s: float
+) -> dict[str, dict[str, str]]:
+    """The metadata every generated session starts with: what made it (``source``), its
+    scenario, seed, duration and epoch, and the full simulation parameters as JSON."""
+    return {
+        "session": {
+            "source": source,
+            "scenario": params.scenario,
+            "seed": str(params.seed),
+            "duration_s": repr(float(duration_s)),
+            "epoch_ns": str(GENERATE_EPOCH_NS),
+        },
+        "sim_params": {"json": json.dumps(asdict(params), sort_keys=True)},
+    }
+
+
+def session_writer(path: str | Path, params: SimParams, metadata: Any) -> SessionWriter:
+    """A session file at ``path`` with ``metadata`` and the rig calibration of ``params``
+    attached (``calibration/<file name>``)."""
+    rig_path = resolve_rig_path(params.rig)
+    attachments = {f"calibration/{rig_path.name}": rig_path.read_bytes()}
+    return SessionWriter(path, metadata=metadata, attachments=attachments)
+
+
+def sample_header(
+    topic: str,
+    seq: int,
+    s: Sample,
+    *,
+    frame_id: str | None = None,
+    t_ns: int | None = None,
+    meta: dict[str, Any] | None = None,
+) -> Header:
+    """The envelope header of sample ``s`` as its sensor delivers it on ``topic``: host time
+    its delivery on the generated sessions' epoch; frame, encoding and meta the sample's
+    unless given."""
+    t_host = GENERATE_EPOCH_NS + round(s.delivery_s * 1e9)
+    return Header(
+        stream=topic.partition("/")[2],
+        seq=seq,
+        t_sensor_ns=s.t_sensor_ns,
+        t_host_ns=t_host,
+        t_pub_ns=t_host,
+        frame_id=s.frame_id if frame_id is None else frame_id,
+        encoding=s.encoding,
+        t_ns=t_ns,
+        meta=s.meta if meta is None else meta,
+    )
+
+
 def samples(sources: dict[str, Source], *, duration_s: float) -> Iterator[tuple[str, Sample]]:
     """Every delivered sample describing world time in ``[0, duration_s)``, in delivery order
     (ties broken by source name, so the order is deterministic)."""
@@ -108,31 +159,18 @@ def generate(
     if duration_s <= 0:
         raise ValueError(f"duration must be > 0, got {duration_s}")
     sources = make_sources(params, sensors=sensors)
-    rig_path = resolve_rig_path(params.rig)
-    metadata = {
-        "session": {
-            "source": "edgefuse sim generate",
-            "scenario": params.scenario,
-            "seed": str(params.seed),
-            "duration_s": repr(float(duration_s)),
-            "epoch_ns": str(GENERATE_EPOCH_NS),
-        },
-        "sim_params": {"json": json.dumps(asdict(params), sort_keys=True)},
-    }
+    metadata = session_metadata(params, source="edgefuse sim generate", duration_s=duration_s)
     truth = sources.get("truth")
     if isinstance(truth, TruthSource):
         clocks = truth.clock_truth(epoch_ns=GENERATE_EPOCH_NS, until_s=duration_s)
         metadata["clocks"] = {"json": json.dumps(clocks, sort_keys=True)}
     seq: dict[str, int] = {}
     next_report = 0.0
-    with SessionWriter(
-        path, metadata=metadata, attachments={f"calibration/{rig_path.name}": rig_path.read_bytes()}
-    ) as out:
+    with session_writer(path, params, metadata) as out:
         for name, s in samples(sources, duration_s=duration_s):
             topic = TOPICS[name]
             n = seq.get(topic, 0)
             seq[topic] = n + 1
-            t_host = GENERATE_EPOCH_NS + round(s.delivery_s * 1e9)
             meta: dict[str, Any] = s.meta
             if isinstance(sources[name], TruthSource):
                 assert isinstance(truth, TruthSource)
@@ -140,17 +178,8 @@ def generate(
                     **meta,
                     "clocks": truth.clock_truth(epoch_ns=GENERATE_EPOCH_NS, until_s=s.t_world_s),
                 }
-            header = Header(
-                stream=topic.partition("/")[2],
-                seq=n,
-                t_sensor_ns=s.t_sensor_ns,
-                t_host_ns=t_host,
-                t_pub_ns=t_host,
-                frame_id=s.frame_id,
-                encoding=s.encoding,
-                t_ns=GENERATE_EPOCH_NS + round(s.t_world_s * 1e9) if name == "truth" else None,
-                meta=meta,
-            )
+            t_ns = GENERATE_EPOCH_NS + round(s.t_world_s * 1e9) if name == "truth" else None
+            header = sample_header(topic, n, s, t_ns=t_ns, meta=meta)
             out.write(topic, header, s.arrays)
             if progress is not None and s.t_world_s >= next_report:
                 progress(s.t_world_s)

@@ -24,19 +24,22 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgefuse.calib.model import RigCalibration
-from edgefuse.envelope import Header
-from edgefuse.record import SessionWriter
 from edgefuse.sim.audio import SPEED_OF_SOUND_MPS, MicRenderer
 from edgefuse.sim.calib_scene import BoardTarget, CalibrationScene, calibration_sources
-from edgefuse.sim.generate import GENERATE_EPOCH_NS, samples
-from edgefuse.sim.rig import MicSource, SimParams, Source, load_rig, resolve_rig_path
+from edgefuse.sim.generate import (
+    sample_header,
+    samples,
+    session_metadata,
+    session_writer,
+)
+from edgefuse.sim.rig import MicSource, SimParams, Source, load_rig
 
 #: Topics of a generated timing session.
 TOPICS = {
@@ -224,39 +227,18 @@ def generate_timing(
     scene = scene or default_timing_scene(seed=params.seed, duration_s=duration_s)
     rig = load_rig(params)
     sources = timing_sources(params, scene, sensors=sensors)
-    rig_path = resolve_rig_path(params.rig)
     described = {**scene.describe(), "sound_distance_m": scene.sound_distance_m(rig)}
-    metadata = {
-        "session": {
-            "source": "edgefuse sim timing",
-            "scenario": "timing",
-            "seed": str(params.seed),
-            "duration_s": repr(float(duration_s)),
-            "epoch_ns": str(GENERATE_EPOCH_NS),
-        },
-        "sim_params": {"json": json.dumps(asdict(params), sort_keys=True)},
+    metadata: dict[str, dict[str, str]] = {
+        **session_metadata(params, source="edgefuse sim timing", duration_s=duration_s),
         "timing_scene": {"json": json.dumps(described)},
     }
     seq: dict[str, int] = {}
-    with SessionWriter(
-        path, metadata=metadata, attachments={f"calibration/{rig_path.name}": rig_path.read_bytes()}
-    ) as out:
+    with session_writer(path, params, metadata) as out:
         for name, s in samples(sources, duration_s=duration_s):
             topic = TOPICS[name]
             n = seq.get(topic, 0)
             seq[topic] = n + 1
-            t_host = GENERATE_EPOCH_NS + round(s.delivery_s * 1e9)
-            header = Header(
-                stream=topic.partition("/")[2],
-                seq=n,
-                t_sensor_ns=s.t_sensor_ns,
-                t_host_ns=t_host,
-                t_pub_ns=t_host,
-                frame_id=s.frame_id,
-                encoding=s.encoding,
-                meta=s.meta,
-            )
-            out.write(topic, header, s.arrays)
+            out.write(topic, sample_header(topic, n, s), s.arrays)
         counts = dict(out.counts)
     return counts
 

@@ -10,12 +10,9 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -30,6 +27,7 @@ from edgefuse.sim.rig import SimParams, load_rig
 from tests.calib.synth import K_TRUE, render
 from tests.calib.test_guide import BOARD, pose
 from tests.conftest import REPO
+from tests.mjpeg import MjpegServer
 
 PARAMS = SimParams(scenario="calibration")
 SIM_BOARD = ["--cols", "8", "--rows", "6", "--square-m", "0.1"]
@@ -120,45 +118,6 @@ def test_source_kinds(tmp_path: Path) -> None:
 
 
 # --- live camera: MJPEG over HTTP --------------------------------------------------------------
-
-
-class MjpegServer:
-    """A multipart/x-mixed-replace MJPEG server (as IP cameras serve) playing ``frames`` at
-    ``fps``, ``loops`` times over, then ending the stream."""
-
-    def __init__(self, frames: Sequence[np.ndarray], fps: float, loops: int = 1) -> None:
-        jpegs = [
-            cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes() for f in frames
-        ]
-        self.sent = 0
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
-                self.end_headers()
-                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                    for _ in range(loops):
-                        for j in jpegs:
-                            head = b"--frame\r\nContent-Type: image/jpeg\r\n"
-                            self.wfile.write(head + b"Content-Length: %d\r\n\r\n" % len(j))
-                            self.wfile.write(j + b"\r\n")
-                            self.wfile.flush()
-                            server.sent += 1
-                            time.sleep(1 / fps)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/video.mjpg"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 # A person following the hints: the board square-on at the centre, tilted both ways about

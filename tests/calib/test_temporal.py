@@ -238,14 +238,22 @@ def offset_session(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
     true latencies (12 ms USB + the camera's offset, ...) and the estimator's rig (the
     original sim rig, other offsets)."""
     tmp = tmp_path_factory.mktemp("offsets")
+    render, pipeline, est_rig = _render_and_estimator_files(tmp)
+    session = tmp / "busy.mcap"
+    params = SimParams(scenario="busy", seed=1, rig=str(render), lidar_cut_azimuth_deg=-35)
+    generate(session, params, duration_s=40.0, sensors=("camera", "depth", "lidar", "mic"))
+    return session, pipeline, est_rig
+
+
+def _render_and_estimator_files(tmp: Path) -> tuple[Path, Path, Path]:
+    """In ``tmp``: the rig to render with (RENDER_OFFSETS_NS), a pipeline whose aligner has
+    the render's true latencies and points at the estimator's rig, and that rig (the
+    original sim rig, other offsets)."""
     rig = yaml.safe_load((REPO / "calibration/sim_rig.yaml").read_text())
     for name, off in RENDER_OFFSETS_NS.items():
         rig["sensors"][name]["time_offset_ns"] = off
     render = tmp / "render_rig.yaml"
     render.write_text(yaml.safe_dump(rig, sort_keys=False))
-    session = tmp / "busy.mcap"
-    params = SimParams(scenario="busy", seed=1, rig=str(render), lidar_cut_azimuth_deg=-35)
-    generate(session, params, duration_s=40.0, sensors=("camera", "depth", "lidar", "mic"))
     est_rig = tmp / "est_rig.yaml"
     est_rig.write_text((REPO / "calibration/sim_rig.yaml").read_text())
     pipe = yaml.safe_load((REPO / "pipelines/sim.yaml").read_text())
@@ -257,7 +265,7 @@ def offset_session(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
     pipe["nodes"]["sync"]["params"]["rig"] = str(est_rig)
     pipeline = tmp / "pipe.yaml"
     pipeline.write_text(yaml.safe_dump(pipe, sort_keys=False))
-    return session, pipeline, est_rig
+    return render, pipeline, est_rig
 
 
 @pytest.mark.slow
@@ -292,26 +300,12 @@ def timing_session(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
     from edgefuse.sim.time_scene import generate_timing, timing_truth
 
     tmp = tmp_path_factory.mktemp("timing")
-    rig = yaml.safe_load((REPO / "calibration/sim_rig.yaml").read_text())
-    for name, off in RENDER_OFFSETS_NS.items():
-        rig["sensors"][name]["time_offset_ns"] = off
-    render = tmp / "render_rig.yaml"
-    render.write_text(yaml.safe_dump(rig, sort_keys=False))
+    render, pipeline, est_rig = _render_and_estimator_files(tmp)
     session = tmp / "timing.mcap"
     params = SimParams(seed=5, rig=str(render), lidar_cut_azimuth_deg=-35)
     generate_timing(session, params, duration_s=24.0)
     with SessionReader(session) as r:
         distance_m = timing_truth(r.metadata()).sound_distance_m
-    est_rig = tmp / "est_rig.yaml"
-    est_rig.write_text((REPO / "calibration/sim_rig.yaml").read_text())
-    pipe = yaml.safe_load((REPO / "pipelines/sim.yaml").read_text())
-    streams = pipe["nodes"]["sync"]["params"]["streams"]
-    streams["camera"]["latency_ms"] = 12.0 + 12.0
-    streams["depth"]["latency_ms"] = 18.0 + 25.0
-    streams["lidar"]["latency_ms"] = 1.5 - 7.0 + 100.0
-    pipe["nodes"]["sync"]["params"]["rig"] = str(est_rig)
-    pipeline = tmp / "pipe.yaml"
-    pipeline.write_text(yaml.safe_dump(pipe, sort_keys=False))
     return session, pipeline, est_rig, distance_m
 
 

@@ -11,10 +11,8 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +34,7 @@ from edgefuse.sensors.camera import (
 )
 from edgefuse.transport import Subscriber, TransportOptions
 from tests.conftest import REPO
+from tests.mjpeg import MjpegServer
 
 W, H = 160, 120
 BITS = 12
@@ -341,46 +340,10 @@ def test_file_unreadable_mid_run_is_reported_and_resumed(tmp_path: Path) -> None
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # no frame published twice
 
 
-class _MjpegServer:
-    """A tiny multipart/x-mixed-replace MJPEG server (as IP cameras and ESP32-CAMs serve):
-    each connection streams ``frames`` JPEGs at ``fps`` then ends, as when a camera drops."""
-
-    def __init__(self, frames: int, fps: float) -> None:
-        jpegs = [cv2.imencode(".jpg", make_frame(k))[1].tobytes() for k in range(frames)]
-        self.connections = 0
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                server.connections += 1
-                self.send_response(200)
-                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
-                self.end_headers()
-                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                    for j in jpegs:
-                        head = b"--frame\r\nContent-Type: image/jpeg\r\n"
-                        self.wfile.write(head + b"Content-Length: %d\r\n\r\n" % len(j))
-                        self.wfile.write(j + b"\r\n")
-                        self.wfile.flush()
-                        time.sleep(1 / fps)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/video.mjpg"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 def test_mjpeg_over_http_with_reconnect(tmp_path: Path, no_leaks: None) -> None:
     """OpenCV's FFmpeg backend reads multipart MJPEG over HTTP; when the stream ends the node
     reconnects with back-off and the frames of the next connection come through."""
-    server = _MjpegServer(frames=15, fps=30.0)
+    server = MjpegServer([make_frame(k) for k in range(15)], fps=30.0)
     try:
         with camera(tmp_path, source=server.url, reconnect_max_s=0.25) as node:
             frames: list[tuple[Header, np.ndarray]] = []

@@ -52,6 +52,20 @@ def run(aligner: Aligner, feed: Iterable[tuple[str, Message]]) -> list[AlignedSe
     return out + aligner.flush()
 
 
+def run_in_arrival_order(
+    aligner: Aligner, feed: list[tuple[str, Message]]
+) -> tuple[list[AlignedSet], dict[int, int]]:
+    """Push ``feed`` in arrival order, then flush: the sets, and for each set time the arrival
+    (host ns) of the message that let it out (flushed sets have none)."""
+    emitted_at: dict[int, int] = {}
+    sets: list[AlignedSet] = []
+    for stream, m in sorted(feed, key=lambda f: f[1].header.t_host_ns):
+        for s in aligner.push(stream, m):
+            emitted_at[s.t_ns] = m.header.t_host_ns
+            sets.append(s)
+    return sets + aligner.flush(), emitted_at
+
+
 def camera(n: int, *, period_ns: int = 33 * MS, t0_ns: int = S) -> list[tuple[str, Message]]:
     return [("camera", msg("camera", k, t0_ns + k * period_ns, [np.full(2, k)])) for k in range(n)]
 
@@ -288,14 +302,7 @@ def test_sweep_completed_takes_the_newest_finished_sweep_without_waiting() -> No
     )
     # Sweeps start at 0.95, 1.05, ... s and arrive as they end; cameras from 1.15 s.
     feed = camera(9, period_ns=33 * MS, t0_ns=S + 150 * MS) + sweeps(6)
-    feed.sort(key=lambda f: f[1].header.t_host_ns)
-    emitted_at: dict[int, int] = {}
-    sets: list[AlignedSet] = []
-    for stream, m in feed:
-        for s in a.push(stream, m):
-            emitted_at[s.t_ns] = m.header.t_host_ns
-            sets.append(s)
-    sets += a.flush()
+    sets, emitted_at = run_in_arrival_order(a, feed)
     assert len(sets) == 9
     for s in sets:
         m = s.members["lidar"]
@@ -362,14 +369,7 @@ def test_sweep_sector_takes_the_sweep_that_looked_ahead_nearest_the_set_time(
     )
     # The front is scanned 90 ms into each sweep: at 1.09, 1.19, ... s.
     feed = camera(12, period_ns=33 * MS, t0_ns=S + 150 * MS) + sector_sweeps(6, look_s=0.09)
-    feed.sort(key=lambda f: f[1].header.t_host_ns)
-    emitted_at: dict[int, int] = {}
-    sets: list[AlignedSet] = []
-    for stream, m in feed:
-        for s in a.push(stream, m):
-            emitted_at[s.t_ns] = m.header.t_host_ns
-            sets.append(s)
-    sets += a.flush()
+    sets, emitted_at = run_in_arrival_order(a, feed)
     assert len(sets) == 12
     ahead_ns = round(max_ahead_ms * MS)
     for s in sets:

@@ -261,10 +261,11 @@ def test_file_native_rate_every_frame_in_order_then_stops(tmp_path: Path, no_lea
     assert idx[0] <= 6 and idx == list(range(idx[0], n))
     check_frames(frames, round(1e9 / fps))
     assert all(h.t_sensor_ns == round(int(h.meta["index"]) * 1e9 / fps) for h, _ in frames)
-    # Native rate: host arrival follows the file's clock.
+    # Native rate: host arrival follows the file's clock (never ahead of it; at "max" the 24
+    # frames take milliseconds). Only a loose upper bound: a loaded machine delays frames.
     span_host = frames[-1][0].t_host_ns - frames[0][0].t_host_ns
     span_file = frames[-1][0].t_sensor_ns - frames[0][0].t_sensor_ns
-    assert span_host == pytest.approx(span_file, rel=0.1)
+    assert 0.5 * span_file <= span_host <= span_file + 1.5e9
 
 
 def test_file_loop_at_max_rate_keeps_stamps_increasing(tmp_path: Path) -> None:

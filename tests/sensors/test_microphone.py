@@ -58,6 +58,7 @@ class FifoSource:
         self.fd = os.open(fifo, os.O_RDWR)
         self.channels = channels
         self.written = 0
+        self.block_start_ns: list[int] = []  # monotonic time each block began to be written
         self.pause = threading.Event()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -75,6 +76,7 @@ class FifoSource:
             delay = due - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
+            self.block_start_ns.append(time.monotonic_ns())
             os.write(self.fd, pattern(self.written, block, self.channels).tobytes())
             self.written += block
 
@@ -134,17 +136,21 @@ def check_continuous(chunks: list[tuple[Header, np.ndarray]], chunk: int, channe
 
 
 def test_sample_exact_capture_by_device_name(tmp_path: Path) -> None:
-    with microphone(tmp_path, device="edgefuse_test") as (node, _):
+    with microphone(tmp_path, device="edgefuse_test") as (node, source):
         chunks = collect(node, 150)  # 1.5 s of 10 ms chunks
         c = node.wait_for(lambda c: c["chunks"] >= 150, 5.0)
+        block_start_ns = list(source.block_start_ns)
     check_continuous(chunks, 160, 1)
     assert chunks[0][0].meta["first_sample"] % 160 == 0
     assert c["overflows"] == 0 and c["gap_samples"] == 0 and c["discontinuities"] == 0
     assert "'edgefuse_test_mic': streaming (edgefuse_test_mic: 16000 Hz x 1 ch" in node.log()
-    # Arrival follows the pace of the device: 1.5 s of samples took about 1.5 s.
-    span_host = chunks[-1][0].t_host_ns - chunks[0][0].t_host_ns
-    span_sensor = chunks[-1][0].t_sensor_ns - chunks[0][0].t_sensor_ns
-    assert span_host == pytest.approx(span_sensor, rel=0.15)
+    # t_host_ns is the arrival: no chunk is stamped before its last sample began to be written
+    # into the device. (The span of arrivals says little on a loaded machine: what was written
+    # before the node opened the device comes as a burst.)
+    block = RATE // 50
+    for h, _ in chunks:
+        last_block = (h.meta["first_sample"] + 160 - 1) // block
+        assert h.t_host_ns >= block_start_ns[last_block], h.meta["first_sample"]
 
 
 def test_stereo_default_device_20ms_chunks(tmp_path: Path) -> None:

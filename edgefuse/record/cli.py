@@ -43,9 +43,23 @@ def register(sub: Any) -> None:
     info.add_argument("--json", action="store_true")
     info.set_defaults(fn=_cmd_info)
 
-    recover = sub.add_parser("recover", help="rewrite a truncated session file whole")
+    recover = sub.add_parser(
+        "recover",
+        help="rewrite a truncated session file whole (or recompress one)",
+        description="Rewrite a session file whole: a truncated one (a recorder killed mid-run) "
+        "gets every complete chunk, a summary and a footer. With --compression or "
+        "--zstd-level it recompresses too: record at the fast default, keep at level 19.",
+    )
     recover.add_argument("file")
     recover.add_argument("-o", "--out", help="output file (default NAME.recovered.mcap)")
+    recover.add_argument(
+        "--compression",
+        choices=["zstd", "lz4", "none"],
+        help="compression of the new file's chunks (default: as the source's)",
+    )
+    recover.add_argument(
+        "--zstd-level", type=int, default=1, help="-7 fastest .. 22 smallest (default 1)"
+    )
     recover.add_argument("--json", action="store_true")
     recover.set_defaults(fn=_cmd_recover)
 
@@ -112,6 +126,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_recover(args: argparse.Namespace) -> int:
     from edgefuse.record.recover import recover
 
-    report = recover(args.file, args.out)
+    try:
+        report = recover(
+            args.file, args.out, compression=args.compression, zstd_level=args.zstd_level
+        )
+    except ValueError as exc:
+        print(f"edgefuse: error: {exc}".replace("zstd_level", "--zstd-level"), file=sys.stderr)
+        return 2
     print(json.dumps(report.to_json(), indent=2) if args.json else report.text())
     return 0

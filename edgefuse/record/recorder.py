@@ -56,6 +56,10 @@ from edgefuse.transport import CurveKeys, Subscriber, TransportOptions
 
 log = logging.getLogger(__name__)
 
+#: zstd levels above this one compress several times slower than the default (measured in
+#: docs/BENCHMARKS.md): the recorder warns that it may not keep up.
+SLOW_ZSTD_LEVEL = 5
+
 
 @dataclass(frozen=True, kw_only=True)
 class RecordOptions:
@@ -194,6 +198,14 @@ class Recording:
             start_wall_ns=self.start_wall_ns,
             start_host_ns=self.start_host_ns,
         )
+        if options.compression == "zstd" and options.zstd_level > SLOW_ZSTD_LEVEL:
+            log.warning(
+                "zstd level %d is slow (level 6 compresses camera frames ~6x slower than the "
+                "default 1, level 19 ~200x; see docs/BENCHMARKS.md): if the writer cannot keep "
+                "up, messages are dropped and counted. Record at a low level and recompress "
+                "the file offline for the smallest size",
+                options.zstd_level,
+            )
         self._metadata |= {
             "compression": options.compression,
             "zstd_level": str(options.zstd_level),
@@ -261,9 +273,10 @@ class Recording:
                 self._warn(
                     f"queue:{msg.topic}",
                     "%s: writer queue full (%.0f MB): message dropped (counted; raise "
-                    "queue_mb or use a faster disk / lighter compression)",
+                    "queue_mb or use a faster disk / %s)",
                     msg.topic,
                     self._queued / 1e6,
+                    self._lighter_hint(),
                 )
                 return False
             self._queue.append(_Item(msg.topic, msg.header, data))
@@ -332,6 +345,14 @@ class Recording:
         if self._error is not None:
             raise SessionError(f"recording failed: {self._error}", kind="io") from self._error
         return report
+
+    def _lighter_hint(self) -> str:
+        o = self.options
+        if o.compression == "zstd" and o.zstd_level > DEFAULT_ZSTD_LEVEL:
+            return f"a lower zstd level than {o.zstd_level} (zstd_level: {DEFAULT_ZSTD_LEVEL})"
+        if o.compression == "zstd":
+            return "lz4 or no compression"
+        return "no compression" if o.compression == "lz4" else "fewer topics"
 
     def _warn(self, key: str, fmt: str, *args: object) -> None:
         if key not in self._warned:

@@ -9,6 +9,9 @@ channels, every chunk whose CRC checks out (its messages re-chunked with the sam
 compression), metadata and attachments; then it writes a proper summary and footer. It stops
 at the end of the data section or at the first record cut short; a chunk that is whole but
 damaged (bad CRC) is skipped, counted, and the walk goes on.
+
+The same rewrite recompresses a whole file (as ``mcap recover --compression`` does): record
+at the fast default level, then rewrite at zstd level 19 for the smallest file to keep.
 """
 
 from __future__ import annotations
@@ -21,11 +24,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from edgefuse.errors import require_extra
 from edgefuse.record.errors import SessionError
-from edgefuse.record.session import SessionReader
+from edgefuse.record.session import (
+    DEFAULT_ZSTD_LEVEL,
+    SessionReader,
+    _AtLevel,
+    _install_zstd_levels,
+    check_zstd_level,
+)
 
 _MAGIC: Final = b"\x89MCAP0\r\n"
 _PREFIX = struct.Struct("<BQ")
@@ -59,6 +68,9 @@ class RecoverReport:
     #: Bytes of the source that were read as complete records (the rest is the torn tail).
     complete_bytes: int
     truncated: bool
+    #: How the new file's chunks are compressed ("zstd-1", "lz4", "none").
+    compression: str = ""
+    out_bytes: int = 0
     chunks: int = 0
     damaged_chunks: int = 0
     #: Messages skipped because their channel was defined only in a damaged chunk.
@@ -90,7 +102,7 @@ class RecoverReport:
             f"{self.damaged_chunks}; messages without a channel: {self.orphaned}",
         ]
         lines += [f"  {t}: {n}" for t, n in sorted(self.topics.items())]
-        lines.append(f"wrote {self.out}")
+        lines.append(f"wrote {self.out} ({self.out_bytes} bytes, {self.compression})")
         return "\n".join(lines)
 
 
@@ -110,9 +122,20 @@ def _parsing(path: Path, what: str) -> Iterator[None]:
         raise SessionError(f"{path}: {what}: {type(exc).__name__}: {exc}") from exc
 
 
-def recover(path: str | Path, out: str | Path | None = None) -> RecoverReport:
+def recover(
+    path: str | Path,
+    out: str | Path | None = None,
+    *,
+    compression: Literal["zstd", "lz4", "none"] | None = None,
+    zstd_level: int = DEFAULT_ZSTD_LEVEL,
+) -> RecoverReport:
     """Rewrite ``path`` whole into ``out`` (default :func:`default_out`); see the module
-    docstring. ``SessionError`` for a file that is not an edgefuse session at all."""
+    docstring. The chunks are compressed as the source's first one was, or with
+    ``compression`` (zstd at ``zstd_level``, -7..22). ``SessionError`` for a file that is
+    not an edgefuse session at all; ``ValueError`` for an unknown compression or level."""
+    if compression not in (None, "zstd", "lz4", "none"):
+        raise ValueError(f"compression {compression!r} is not one of zstd, lz4, none")
+    check_zstd_level(zstd_level)
     require_extra("mcap", "record")
     from mcap.data_stream import ReadDataStream
     from mcap.records import Attachment, Channel, Chunk, Header, Message, Metadata, Schema
@@ -132,11 +155,12 @@ def recover(path: str | Path, out: str | Path | None = None) -> RecoverReport:
     report = RecoverReport(str(src), str(dst), size, len(_MAGIC), truncated=True)
     tmp = dst.with_name(f".{dst.name}.tmp")
     kinds = {"zstd": CompressionType.ZSTD, "lz4": CompressionType.LZ4, "": CompressionType.NONE}
+    _install_zstd_levels()
     schemas: dict[int, int] = {}  # source id -> new id
     channels: dict[int, int] = {}
     topic_of: dict[int, str] = {}
     writer: Any = None
-    with open(src, "rb") as f, open(tmp, "wb") as o:
+    with open(src, "rb") as f, open(tmp, "wb") as o, _AtLevel(zstd_level):
         try:
             pos = len(_MAGIC)
             while pos + _PREFIX.size <= size:
@@ -154,8 +178,11 @@ def recover(path: str | Path, out: str | Path | None = None) -> RecoverReport:
                 with _parsing(src, f"record {op:#x} at byte {pos}"):
                     if op == _OP_HEADER:
                         header = Header.read(stream)
-                        compression = _first_compression(f, end, size)
-                        writer = Writer(o, chunk_size=4 << 20, compression=kinds[compression])
+                        chosen = _first_compression(f, end, size)
+                        if compression is not None:
+                            chosen = "" if compression == "none" else compression
+                        report.compression = _describe(chosen, zstd_level)
+                        writer = Writer(o, chunk_size=4 << 20, compression=kinds[chosen])
                         writer.start(profile=header.profile, library=header.library)
                     elif writer is None:
                         raise SessionError(f"{src}: no MCAP header record after the magic")
@@ -201,13 +228,19 @@ def recover(path: str | Path, out: str | Path | None = None) -> RecoverReport:
                 # Cut before the header record was complete: an empty but whole session.
                 writer = Writer(o, compression=CompressionType.ZSTD)
                 writer.start(profile="", library="")
+                report.compression = _describe("zstd", zstd_level)
             writer.finish()
         except BaseException:
             o.close()
             tmp.unlink(missing_ok=True)
             raise
     os.replace(tmp, dst)
+    report.out_bytes = dst.stat().st_size
     return report
+
+
+def _describe(compression: str, zstd_level: int) -> str:
+    return {"zstd": f"zstd-{zstd_level}", "": "none"}.get(compression, compression)
 
 
 def _first_compression(f: Any, pos: int, size: int) -> str:

@@ -175,3 +175,38 @@ def test_damaged_chunk_is_skipped_and_counted(tmp_path: Path) -> None:
     assert report.damaged_chunks == 1 and 0 < report.messages < total
     with SessionReader(tmp_path / "fixed.mcap") as r:
         assert sum(r.topics().values()) == report.messages
+
+
+def test_recover_recompresses_a_whole_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.record.test_session import _chunk_levels
+
+    path = make_session(tmp_path / "s.mcap", n=100, compression="lz4", foxglove=False)
+    small = tmp_path / "small.mcap"
+    report = recover(path, small, compression="zstd", zstd_level=19)
+    assert not report.truncated and report.compression == "zstd-19"
+    assert report.out_bytes == small.stat().st_size < path.stat().st_size
+    levels = _chunk_levels(small)
+    assert levels and all(19 in lv and 1 not in lv for lv in levels), levels
+    with SessionReader(path) as a, SessionReader(small) as b:
+        assert (a.metadata(), a.attachments()) == (b.metadata(), b.attachments())
+        want = [(m.topic, m.header, [x.tobytes() for x in m.arrays]) for m in a.messages()]
+        got = [(m.topic, m.header, [x.tobytes() for x in m.arrays]) for m in b.messages()]
+    assert got == want and len(got) == 109  # 9 images (one missing), 100 audio
+    # Back to no compression from the command line; a level zstd does not have is refused.
+    r = record_cli("recover", str(small), "-o", str(tmp_path / "raw.mcap"), "--compression", "none")
+    assert r.returncode == 0, r.stderr
+    assert "bytes, none)" in r.stdout and session_info(tmp_path / "raw.mcap")["compression"] == [
+        "none"
+    ]
+    r = record_cli("recover", str(small), "--zstd-level", "40")
+    assert r.returncode == 2 and "--zstd-level must be an integer from -7 to 22" in r.stderr
+    assert not (tmp_path / "small.recovered.mcap").exists()
+    # Recording at a slow level says so up front (the writer may not keep up).
+    with caplog.at_level("WARNING", logger="edgefuse.record.recorder"):
+        make_session(tmp_path / "slow.mcap", n=5, zstd_level=9)
+        assert "zstd level 9 is slow" in caplog.text
+        caplog.clear()
+        make_session(tmp_path / "fast.mcap", n=5, zstd_level=3)
+        assert "is slow" not in caplog.text

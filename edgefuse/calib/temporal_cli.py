@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgefuse.calib.temporal import METHODS, apply_offsets, estimate_offsets
 from edgefuse.calib.temporal_signals import TemporalCalibrationError, session_signals
 from edgefuse.sync.aligner import StreamConfig
+
+if TYPE_CHECKING:
+    from edgefuse.calib.model import RigCalibration
+    from edgefuse.calib.temporal_sound import SoundDistance
 
 
 def _pipeline_streams(
@@ -24,6 +29,27 @@ def _pipeline_streams(
         if cfg.params.streams[port].clock != "given"
     }
     return streams, cfg.params.reference, cfg.params.rig
+
+
+def _distance_arg(text: str) -> float | str:
+    """``--sound-distance-m``: metres, or ``auto``."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected metres or auto, got {text!r}") from None
+
+
+def _offset_arg(text: str) -> tuple[float, float, float]:
+    """``--clapper-offset-m X,Y,Z``."""
+    try:
+        x, y, z = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected three numbers X,Y,Z (m), got {text!r}"
+        ) from None
+    return x, y, z
 
 
 def add_time_action(actions: Any) -> None:
@@ -52,11 +78,35 @@ def add_time_action(actions: Any) -> None:
     )
     p.add_argument(
         "--sound-distance-m",
-        type=float,
+        type=_distance_arg,
         default=0.0,
+        metavar="D|auto",
         help="distance from the sound events (the clapper) to the microphone (m, default 0): "
         "sound takes d / 343 m/s to arrive, which is physics, not clock offset, and is taken "
-        "off the microphone's times",
+        "off the microphone's times; auto: measured from the board the camera sees (needs "
+        "--cols/--rows/--square-m and the rig's camera intrinsics and poses)",
+    )
+    g = p.add_argument_group("board (--sound-distance-m auto)")
+    g.add_argument("--board", choices=["chessboard", "charuco"], default="chessboard")
+    g.add_argument("--cols", type=int, help="chessboard inner corners per row")
+    g.add_argument("--rows", type=int, help="inner corners per column")
+    g.add_argument("--square-m", type=float, help="square side in metres")
+    g.add_argument("--marker-m", type=float, help="charuco marker side (default 0.7 square)")
+    g.add_argument("--dict", default="DICT_4X4_50", help="charuco ArUco dictionary")
+    g.add_argument(
+        "--camera",
+        help="aligner stream of the camera that sees the board (default: the reference if "
+        "it is a camera, else the first camera stream)",
+    )
+    g.add_argument(
+        "--clapper-offset-m",
+        type=_offset_arg,
+        default=(0.0, 0.0, 0.0),
+        metavar="X,Y,Z",
+        help="where the clapper is from the board's centre (m): X right and Y down along the "
+        "board as the camera sees it, Z through it away from the camera (default 0,0,0: at "
+        "the centre; 35 cm below and 20 cm in front: 0,0.35,-0.2; a leading minus needs "
+        "the = form: --clapper-offset-m=-0.1,0,0)",
     )
     p.add_argument(
         "--pipeline",
@@ -80,16 +130,22 @@ def _cmd_time(args: Any) -> int:
 
     if args.max_lag_ms <= 0 or args.highpass_s <= 0:
         raise TemporalCalibrationError("--max-lag-ms and --highpass-s must be > 0")
-    if not 0 <= args.sound_distance_m <= 1000:
-        raise TemporalCalibrationError(
-            f"--sound-distance-m must be in 0..1000 m, got {args.sound_distance_m}"
-        )
+    sound_m = args.sound_distance_m
+    if sound_m == "auto":
+        if None in (args.cols, args.rows, args.square_m):
+            raise TemporalCalibrationError(
+                "--sound-distance-m auto needs the board the camera sees: --cols and --rows "
+                "(a chessboard's inner corners, a ChArUco board's squares) and --square-m"
+            )
+    elif not 0 <= sound_m <= 1000:
+        raise TemporalCalibrationError(f"--sound-distance-m must be in 0..1000 m, got {sound_m}")
     pipeline = args.pipeline
     if pipeline is None:
         with SessionReader(args.session) as r:
             named = r.metadata().get("session", {}).get("pipeline", "")
         pipeline = named if named and Path(named).is_file() else "pipelines/sim.yaml"
-    streams, reference, rig_path = _pipeline_streams(find_calibration(pipeline))
+    every, reference, rig_path = _pipeline_streams(find_calibration(pipeline))
+    streams = every
     reference = args.reference or reference
     if args.streams:
         wanted = [s.strip() for s in args.streams.split(",") if s.strip()]
@@ -107,12 +163,21 @@ def _cmd_time(args: Any) -> int:
         )
     rig_file = args.rig or rig_path
     rig = load_calibration(find_calibration(rig_file)) if rig_file else None
+    sound: SoundDistance | None = None
+    if sound_m == "auto":
+        sound = _sound_distance(args, every, streams, reference, rig)
+        sound_m = sound.distance_m
+        print(
+            f"sound distance {sound.distance_m:.2f} m from {sound.holds} board holds "
+            f"(±{sound.spread_m:.2f} m)",
+            file=sys.stderr if args.json else sys.stdout,
+        )
     signals = session_signals(
         args.session,
         streams,
         rig=rig,
         reference=reference,
-        sound_distance_m=args.sound_distance_m,
+        sound_distance_m=sound_m,
     )
     est = estimate_offsets(
         signals,
@@ -130,6 +195,11 @@ def _cmd_time(args: Any) -> int:
                     "reference": reference,
                     "pipeline": str(pipeline),
                     "streams": [e.as_dict() for e in est.values()],
+                    "sound_distance": (
+                        {"source": "auto", **sound.as_dict()}
+                        if sound is not None
+                        else {"source": "given", "distance_m": sound_m}
+                    ),
                 }
             )
         )
@@ -166,3 +236,71 @@ def _cmd_time(args: Any) -> int:
     save_calibration(apply_offsets(rig, list(est.values()), sensors=sensors), out)
     print(f"wrote {out}", file=sys.stderr)
     return 0
+
+
+def _sound_distance(
+    args: Any,
+    every: dict[str, tuple[str, StreamConfig]],
+    calibrated: dict[str, tuple[str, StreamConfig]],
+    reference: str,
+    rig: RigCalibration | None,
+) -> SoundDistance:
+    """``--sound-distance-m auto``: the clapper's distance to the calibrated microphone from
+    the board seen by the camera stream (``--camera``, else the reference if it is a camera,
+    else the aligner's first camera stream)."""
+    from edgefuse.calib.boards import Board
+    from edgefuse.calib.temporal_signals import signal_kind
+    from edgefuse.calib.temporal_sound import estimate_sound_distance
+    from edgefuse.record.session import SessionReader
+
+    kinds: dict[str, str | None] = {}
+    with SessionReader(args.session) as reader:
+        topics = reader.topics()
+        for name, (topic, _) in every.items():
+            if topics.get(topic, 0):
+                kinds[name] = signal_kind(next(reader.messages([topic])).header.encoding)
+    mics = [n for n in calibrated if kinds.get(n) == "audio"]
+    if len(mics) != 1:
+        raise TemporalCalibrationError(
+            "--sound-distance-m auto: "
+            + (
+                "no microphone stream among those calibrated"
+                if not mics
+                else f"one distance for several microphones ({', '.join(mics)}): calibrate "
+                "one at a time (--streams MIC)"
+            )
+        )
+    cameras = [n for n in every if kinds.get(n) == "camera"]
+    if args.camera is not None:
+        if args.camera not in cameras:
+            raise TemporalCalibrationError(
+                f"--camera {args.camera}: not a camera stream of the aligner in the session "
+                f"(camera streams: {', '.join(cameras) or 'none'})"
+            )
+        camera = args.camera
+    elif cameras:
+        camera = reference if reference in cameras else cameras[0]
+    else:
+        raise TemporalCalibrationError(
+            "--sound-distance-m auto: no camera stream in the session sees the board; "
+            "measure the distance and give it (--sound-distance-m D)"
+        )
+    board = Board(
+        kind=args.board,
+        cols=args.cols,
+        rows=args.rows,
+        square_m=args.square_m,
+        marker_m=args.marker_m,
+        dictionary=args.dict,
+    )
+    topic, cfg = every[camera]
+    mic_cfg = every[mics[0]][1]
+    return estimate_sound_distance(
+        args.session,
+        rig,
+        camera_topic=topic,
+        camera=cfg.sensor or camera,
+        board=board,
+        mic=mic_cfg.sensor or mics[0],
+        clapper_offset_m=args.clapper_offset_m,
+    )

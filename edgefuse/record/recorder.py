@@ -200,10 +200,11 @@ class Recording:
         )
         if options.compression == "zstd" and options.zstd_level > SLOW_ZSTD_LEVEL:
             log.warning(
-                "zstd level %d is slow (level 6 compresses camera frames ~6x slower than the "
-                "default 1, level 19 ~200x; see docs/BENCHMARKS.md): if the writer cannot keep "
-                "up, messages are dropped and counted. Record at a low level and recompress "
-                "the file offline for the smallest size",
+                "zstd level %d is slow (level 6 compresses camera frames ~5x slower than the "
+                "default 1, level 9 ~8x, level 19 ~100x; see docs/BENCHMARKS.md): if the "
+                "writer cannot keep up, messages are dropped and counted. Record at a low "
+                "level and recompress offline (edgefuse recover --zstd-level 19) for the "
+                "smallest size",
                 options.zstd_level,
             )
         self._metadata |= {

@@ -334,3 +334,50 @@ def test_timing_scene_every_stream_within_1_ms(
     mic = json.loads(r.stdout)["streams"][0]
     late_ms = out["mic"]["offset_ms"] - mic["offset_ms"]
     assert abs(late_ms - distance_m / 343.0 * 1e3) < 0.2, late_ms
+
+
+def test_depth_for_events_fills_speckle_and_keeps_units() -> None:
+    from edgefuse.calib.temporal_signals import _depth_for_events
+
+    z16 = np.full((40, 60), 3300, np.uint16)
+    z16[20, 30] = 0  # one dropout on a flat surface
+    z16[:, 45:] = 0  # a region with no return stays without one
+    out = _depth_for_events(z16)
+    assert out.dtype == np.uint16 and out.shape == z16.shape
+    assert out[20, 30] == 3300 and (out[:, 50:] == 0).all()
+    metres = np.where(z16 > 0, z16 * 1e-3, np.nan).astype(np.float32)
+    f = _depth_for_events(metres)
+    assert f.dtype == np.float32 and np.isfinite(f).all()
+    assert np.allclose(f * 1000.0, out, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_depth_events_the_same_from_32fc1_metres(
+    timing_session: tuple[Path, Path, Path, float], tmp_path: Path
+) -> None:
+    # A 32FC1 depth stream (metres, NaN for no return, no depth_scale_m: ROS's convention) is
+    # read in its own units: its events are those of the z16 millimetres it was made from.
+    from dataclasses import replace
+
+    from edgefuse.calib.temporal_cli import _pipeline_streams
+    from edgefuse.calib.temporal_signals import session_signals
+    from edgefuse.record.session import SessionReader, SessionWriter
+
+    session = timing_session[0]
+    metres = tmp_path / "metres.mcap"
+    with SessionReader(session) as r, SessionWriter(metres) as w:
+        for m in r.messages(["camera/image", "depth/image"]):
+            arrays = list(m.arrays)
+            header = m.header
+            if m.topic == "depth/image":
+                z = np.asarray(arrays[0])
+                arrays = [np.where(z > 0, z * 1e-3, np.nan).astype(np.float32)]
+                meta = {k: v for k, v in header.meta.items() if k != "depth_scale_m"}
+                header = replace(header, encoding="32FC1", meta=meta)
+            w.write(m.topic, header, arrays)
+    every, _, _ = _pipeline_streams(timing_session[1])
+    streams = {k: every[k] for k in ("camera", "depth")}
+    a = session_signals(session, streams)["depth"].events_ns
+    b = session_signals(metres, streams)["depth"].events_ns
+    assert len(a) >= 10 and len(a) == len(b)
+    assert np.abs(a - b).max() < 20_000, np.abs(a - b).max()  # 20 µs: float rounding only

@@ -382,7 +382,12 @@ def open3d_bag_frames(path: str) -> Generator[DepthFrame, None, None]:
     o3d = require_extra("open3d", "lidar")
     reader = o3d.t.io.RSBagReader()  # type: ignore[attr-defined]
     if not reader.open(path):
-        raise ConfigError(f"RealSense recording {path}: Open3D cannot open it as a .bag")
+        raise ConfigError(
+            f"RealSense recording {path}: Open3D cannot open it as a .bag (its reader takes "
+            "the ROS 1 .bag that librealsense wrote before 2.57, with colour and depth "
+            "streams); for a .db3, a newer recording or depth alone use bag_reader: "
+            "pyrealsense2"
+        )
     try:
         md = reader.metadata
         # Open3D keeps depth_scale as units per metre (1000 for millimetres).

@@ -377,3 +377,20 @@ def test_missing_recording_is_a_configuration_error(tmp_path: Path, depth_node: 
     node.proc.wait(timeout=20)
     code, log = node.stop()
     assert code == EXIT_CONFIG and "none.bag: no such file" in log and "Traceback" not in log
+
+
+def test_open3d_reader_names_what_it_cannot_read(tmp_path: Path, depth_node: Any) -> None:
+    # A real librealsense 2.59 recording (ROS 2 layout) under a .bag name: Open3D's reader (ROS 1
+    # .bag only) refuses it, and the node says which reader to use instead.
+    pytest.importorskip("pyrealsense2")
+    pytest.importorskip("open3d")
+    rec = tmp_path / "rec.db3"
+    record_depth(rec, [np.zeros((24, 32), np.uint16)] * 3, scale_m=0.001, period_s=0.033)
+    bag = tmp_path / "rec.bag"
+    bag.write_bytes(rec.read_bytes())
+    node = depth_node({"source": "bag", "path": str(bag), "bag_reader": "open3d"})
+    node.proc.wait(timeout=30)
+    code, log = node.stop()
+    assert code == EXIT_CONFIG, log
+    assert "Open3D cannot open it as a .bag" in log and "bag_reader: pyrealsense2" in log
+    assert "Traceback" not in log

@@ -80,6 +80,19 @@ class Board:
             return f"{self.cols}x{self.rows} chessboard (inner corners)"
         return f"{self.cols}x{self.rows} ChArUco board (squares, {self.dictionary})"
 
+    @classmethod
+    def from_args(cls, args: Any) -> Board:
+        """The board a ``calibrate`` action's options describe (``--board``, ``--cols``,
+        ``--rows``, ``--square-m``, ``--marker-m``, ``--dict``)."""
+        return cls(
+            kind=args.board,
+            cols=args.cols,
+            rows=args.rows,
+            square_m=args.square_m,
+            marker_m=args.marker_m,
+            dictionary=args.dict,
+        )
+
     def charuco(self) -> Any:
         """The ``cv2.aruco.CharucoBoard`` of this board."""
         d = cv2.aruco.getPredefinedDictionary(getattr(cv2.aruco, self.dictionary))

@@ -144,14 +144,7 @@ def register(sub: Any) -> Any:
 def _board(args: argparse.Namespace) -> Any:
     from edgefuse.calib.boards import Board
 
-    return Board(
-        kind=args.board,
-        cols=args.cols,
-        rows=args.rows,
-        square_m=args.square_m,
-        marker_m=args.marker_m,
-        dictionary=args.dict,
-    )
+    return Board.from_args(args)
 
 
 def _write(args: argparse.Namespace, rig: Any, sensor: str | None) -> None:

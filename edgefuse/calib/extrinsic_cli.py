@@ -72,14 +72,7 @@ def _cmd_extrinsic(args: argparse.Namespace) -> int:
             raise EdgefuseError(f"--{name.replace('_', '-')} must be >= 0")
     if args.min_poses < 3:
         raise EdgefuseError(f"--min-poses must be >= 3, got {args.min_poses}")
-    board = Board(
-        kind=args.board,
-        cols=args.cols,
-        rows=args.rows,
-        square_m=args.square_m,
-        marker_m=args.marker_m,
-        dictionary=args.dict,
-    )
+    board = Board.from_args(args)
     opts = ExtrinsicOptions(
         margin_m=args.margin_m,
         search_m=args.search_m,

@@ -285,14 +285,7 @@ def _sound_distance(
             "--sound-distance-m auto: no camera stream in the session sees the board; "
             "measure the distance and give it (--sound-distance-m D)"
         )
-    board = Board(
-        kind=args.board,
-        cols=args.cols,
-        rows=args.rows,
-        square_m=args.square_m,
-        marker_m=args.marker_m,
-        dictionary=args.dict,
-    )
+    board = Board.from_args(args)
     topic, cfg = every[camera]
     mic_cfg = every[mics[0]][1]
     return estimate_sound_distance(

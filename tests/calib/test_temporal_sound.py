@@ -6,6 +6,7 @@ do."""
 from __future__ import annotations
 
 import json
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -159,21 +160,13 @@ def test_cli_auto_without_board_size_exits_2(short: Path) -> None:
     assert r.returncode == 2 and "expected three numbers X,Y,Z" in r.stderr
 
 
+def _auto_mic(session: Path, *board: str) -> subprocess.CompletedProcess[str]:
+    """``calibrate time`` of the microphone with ``--sound-distance-m auto``, nothing written."""
+    return cli(str(session), "--streams", "mic", "--sound-distance-m", "auto", *board, "--dry-run")
+
+
 def test_cli_board_never_found_names_the_right_size(short: Path) -> None:
-    r = cli(
-        str(short),
-        "--streams",
-        "mic",
-        "--sound-distance-m",
-        "auto",
-        "--cols",
-        "9",
-        "--rows",
-        "7",
-        "--square-m",
-        "0.1",
-        "--dry-run",
-    )
+    r = _auto_mic(short, "--cols", "9", "--rows", "7", "--square-m", "0.1")
     assert r.returncode == 2, r.stderr
     assert "sound distance: no 9x7 chessboard (inner corners) found" in r.stderr, r.stderr
     # Squares counted instead of inner corners: the message names the board that is there.
@@ -182,17 +175,7 @@ def test_cli_board_never_found_names_the_right_size(short: Path) -> None:
 
 
 def test_cli_camera_must_be_a_camera_stream(short: Path) -> None:
-    r = cli(
-        str(short),
-        "--streams",
-        "mic",
-        "--sound-distance-m",
-        "auto",
-        *BOARD_ARGS,
-        "--camera",
-        "mic",
-        "--dry-run",
-    )
+    r = _auto_mic(short, *BOARD_ARGS, "--camera", "mic")
     assert r.returncode == 2, r.stderr
     assert "--camera mic: not a camera stream" in r.stderr and "camera streams: camera" in r.stderr
 
